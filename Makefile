@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make demo` (the main job) and `make test` (the suite) set themselves up.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_STEPS ?= 4096
+
+.PHONY: setup test demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned (constraints.txt): an unpinned torch pulls several GB of CUDA packages
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[atari,minigrid,box2d,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano \
+		--steps $(DEMO_STEPS) --logdir runs/demo
+
+BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4_conv_small
+bench: $(STAMP)  # the RL figures of BENCHMARKS.md (about an hour on 2 cores)
+	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones $(BENCH_BACKBONES) \
+		--steps 3072 --logdir runs/bench-pong --no-progress
+	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
+		--backbones $(BENCH_BACKBONES) --steps 16384 --eval-episodes 100 --logdir runs/bench-synthetic \
+		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}' \
+		--no-progress
+
+clean:
+	rm -rf $(VENV) runs *.egg-info .pytest_cache

@@ -1,0 +1,120 @@
+"""``make_agent(algo, env, backbone=...)``: PPO, A2C, DQN, SAC or TD3 on image observations.
+
+Defaults follow RL Zoo's Atari / image-env settings (hyperparams/*.yml); anything passed as a keyword overrides them.
+Replay-buffer algorithms check the buffer's memory for the observation shape before SB3 allocates it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+from stable_baselines3.common.vec_env import VecEnv
+
+from rlvision import policy_kwargs as vision_policy_kwargs
+
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3}
+
+# RL Zoo's Atari settings for PPO/A2C/DQN; SAC/TD3 follow its image (CarRacing-style) settings, with a buffer sized
+# for 2-core / 24 GiB machines.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5,
+                ent_coef=0.01),
+    "a2c": dict(n_steps=5, learning_rate=7e-4, vf_coef=0.25, ent_coef=0.01),
+    "dqn": dict(buffer_size=100_000, learning_rate=1e-4, batch_size=32, learning_starts=100_000,
+                target_update_interval=1000, train_freq=4, gradient_steps=1, exploration_fraction=0.1,
+                exploration_final_eps=0.01),
+    "sac": dict(buffer_size=50_000, learning_rate=3e-4, batch_size=256, learning_starts=1000, train_freq=1,
+                gradient_steps=1, ent_coef="auto"),
+    "td3": dict(buffer_size=50_000, learning_rate=1e-3, batch_size=256, learning_starts=1000, train_freq=1,
+                gradient_steps=1),
+}
+
+
+class ReplayBufferTooLarge(MemoryError):
+    """The replay buffer would not fit in the memory available."""
+
+
+def replay_buffer_bytes(observation_space: spaces.Space, buffer_size: int, optimize_memory_usage: bool = False) -> int:
+    """Bytes SB3's replay buffer holds for observations: ``buffer_size`` transitions of obs (and next_obs unless
+    ``optimize_memory_usage``). Dict spaces sum over keys. Actions and rewards are negligible next to images."""
+    subspaces = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
+    per_obs = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in subspaces)
+    return buffer_size * per_obs * (1 if optimize_memory_usage else 2)
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable of this machine (Linux /proc/meminfo; psutil where present)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 1 << 62  # unknown: do not refuse
+
+
+def _check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], memory_fraction: float) -> None:
+    size = hyperparams["buffer_size"]
+    optimize = hyperparams.get("optimize_memory_usage", False)
+    need = replay_buffer_bytes(env.observation_space, size, optimize)
+    avail = available_memory_bytes()
+    if need > memory_fraction * avail:
+        fits = int(size * memory_fraction * avail / need)
+        tips = [f"buffer_size={fits:,} (fits)"]
+        if algo == "dqn" and not optimize:
+            tips.append("optimize_memory_usage=True, replay_buffer_kwargs=dict(handle_timeout_termination=False) "
+                        "(halves it)")
+        tips.append("a low-resolution or greyscale observation")
+        raise ReplayBufferTooLarge(
+            f"{algo.upper()} replay buffer of {size:,} x {env.observation_space.shape} {env.observation_space.dtype} "
+            f"observations needs {need / 2**30:.1f} GiB, more than {memory_fraction:.0%} of the "
+            f"{avail / 2**30:.1f} GiB available. Use " + ", or ".join(tips) + ".")
+
+
+def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
+               backbone_kwargs: dict[str, Any] | None = None, tensorboard_log: str | None = None,
+               seed: int | None = None, verbose: int = 0, device: str = "auto", memory_fraction: float = 0.8,
+               **hyperparams: Any) -> BaseAlgorithm:
+    """An SB3 ``algo`` ("ppo", "a2c", "dqn", "sac", "td3") on ``env`` with the rlvision ``backbone`` as encoder.
+
+    :param backbone_kwargs: passed to the backbone builder (and ``pool``/``normalized_image`` to the extractor).
+    :param memory_fraction: replay-buffer algorithms refuse (ReplayBufferTooLarge) a buffer needing more than this
+        fraction of available memory.
+    :param hyperparams: override DEFAULTS[algo]; ``policy_kwargs`` entries are merged over the encoder's.
+    """
+    algo = algo.lower()
+    if algo not in ALGOS:
+        raise ValueError(f"Unknown algo {algo!r}; choose one of {sorted(ALGOS)}.")
+    if algo in ("sac", "td3") and not isinstance(env.action_space, spaces.Box):
+        raise ValueError(f"{algo.upper()} needs a continuous (Box) action space, got {env.action_space}; use PPO, "
+                         f"A2C or DQN, or a continuous env (e.g. SyntheticPixelContinuous-v0, CarRacing-v3).")
+    if algo == "dqn" and not isinstance(env.action_space, spaces.Discrete):
+        raise ValueError(f"DQN needs a Discrete action space, got {env.action_space}; use SAC/TD3/PPO instead.")
+    params = {**DEFAULTS[algo], **hyperparams}
+    user_policy_kwargs = params.pop("policy_kwargs", None) or {}
+    pk = vision_policy_kwargs(backbone, algo=algo, features_dim=features_dim,
+                              observation_space=env.observation_space, **(backbone_kwargs or {}))
+    if algo == "a2c":
+        pk["optimizer_class"] = RMSpropTFLike
+        pk["optimizer_kwargs"] = dict(eps=1e-5)
+    pk.update(user_policy_kwargs)
+    if algo == "td3" and "action_noise" not in params:
+        n = env.action_space.shape[0]
+        params["action_noise"] = NormalActionNoise(np.zeros(n), 0.1 * np.ones(n))
+    if "buffer_size" in params:
+        _check_replay_buffer(algo, env, params, memory_fraction)
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "CnnPolicy"
+    if tensorboard_log:
+        os.makedirs(tensorboard_log, exist_ok=True)
+    return ALGOS[algo](policy, env, policy_kwargs=pk, tensorboard_log=tensorboard_log, seed=seed, verbose=verbose,
+                       device=device, **params)

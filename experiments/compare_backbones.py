@@ -1,0 +1,193 @@
+"""Train the same agent with several backbones under the throughput profiler and compare them side by side.
+
+    python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano --steps 4096
+
+1. Measure the env alone (random actions on the same vec env): the ceiling the rollout phase can approach.
+2. For each backbone: same env, seed, algorithm and hyperparameters; a ThroughputProfiler splits the wall time into
+   env stepping, rollout forward, training forward, backward, optimizer step and the rest. Each backbone gets its
+   own TensorBoard run under ``<logdir>/<backbone>`` (TensorBoard overlays them) with its hparams.
+3. Optionally (``--measure-overhead``) train alternating chunks with and without the profiler to measure its cost.
+4. Print a table (FPS, phase shares, params, FLOPs, final return) and save it as summary.md / summary.csv plus a
+   PNG of time per 1000 steps by phase. Ctrl-C stops training and still writes the table of what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import yaml
+from stable_baselines3.common.logger import configure as configure_logger
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import rlvision  # noqa: E402
+from agents import evaluate_agent, make_agent  # noqa: E402
+from envs import make_env  # noqa: E402
+from rlvision.profiler import PHASES, ThroughputProfiler, count_flops  # noqa: E402
+
+
+def env_only_sps(args: argparse.Namespace, steps: int = 2000) -> float:
+    """Env steps per second of the vec env alone, random actions."""
+    env = make_env(args.env, n_envs=args.n_envs, seed=args.seed, env_kwargs=args.env_kwargs)
+    env.reset()
+    actions = [np.stack([env.action_space.sample() for _ in range(env.num_envs)]) for _ in range(16)]
+    n = max(steps // env.num_envs, 1)
+    start = time.perf_counter()
+    for i in range(n):
+        env.step(actions[i % 16])
+    sps = n * env.num_envs / (time.perf_counter() - start)
+    env.close()
+    return sps
+
+
+def run_one(args: argparse.Namespace, backbone: str) -> dict:
+    """Train ``backbone`` for ``args.steps`` steps under the profiler; return its row of the summary table."""
+    env = make_env(args.env, n_envs=args.n_envs, seed=args.seed, env_kwargs=args.env_kwargs)
+    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, **args.hyperparams)
+    model.set_logger(configure_logger(os.path.join(args.logdir, backbone), ["tensorboard"]))  # no "_1" suffix
+    encoder = model.policy.features_extractor
+    obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32, device=model.device) / 255
+    profiler = ThroughputProfiler()
+    start = time.perf_counter()
+    model.learn(args.steps, callback=profiler, progress_bar=not args.no_progress)
+    seconds = time.perf_counter() - start
+    s = profiler.summary()
+    row = dict(backbone=backbone, params=sum(p.numel() for p in encoder.parameters()),
+               mflops=round(count_flops(encoder, obs) / 1e6, 1), steps=model.num_timesteps,
+               seconds=round(seconds, 1), fps=round(model.num_timesteps / seconds, 1))
+    row.update({p: round(s[f"{p}_share"], 3) for p in PHASES})
+    row.update(rollout_sps=round(s["rollout_sps"], 1), train_samples_per_s=round(s["train_samples_per_s"], 1),
+               peak_memory_mb=round(s["peak_memory_mb"]))
+    if args.eval_episodes:
+        eval_env = make_env(args.env, n_envs=1, seed=args.seed + 10_000, env_kwargs=args.env_kwargs)
+        result = evaluate_agent(model, eval_env, args.eval_episodes)
+        row.update(eval_return=round(result["mean_return"], 3), success_rate=result["success_rate"])
+        eval_env.close()
+    if args.measure_overhead:
+        row.update(measure_overhead(args, backbone))
+    env.close()
+    with SummaryWriter(os.path.join(args.logdir, backbone)) as writer:
+        writer.add_hparams({"backbone": backbone, "algo": args.algo, "env": args.env, "steps": args.steps,
+                            "n_envs": args.n_envs, "seed": args.seed},
+                           {f"summary/{k}": float(v) for k, v in row.items()
+                            if isinstance(v, (int, float)) and k != "steps"}, run_name=".")
+    return row
+
+
+def measure_overhead(args: argparse.Namespace, backbone: str, chunks: int = 4) -> dict:
+    """FPS with and without the profiler, training one model in alternating chunks so machine drift cancels."""
+    env = make_env(args.env, n_envs=args.n_envs, seed=args.seed, env_kwargs=args.env_kwargs)
+    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, **args.hyperparams)
+    model.set_logger(configure_logger(None, []))
+    chunk = max(args.steps // chunks, getattr(model, "n_steps", 1) * args.n_envs)
+    seconds = {True: 0.0, False: 0.0}
+    steps = {True: 0, False: 0}
+    model.learn(chunk)  # warm-up, not counted
+    for i in range(2 * chunks):
+        with_profiler = i % 2 == 0
+        before, start = model.num_timesteps, time.perf_counter()
+        model.learn(chunk, callback=ThroughputProfiler() if with_profiler else None, reset_num_timesteps=False)
+        seconds[with_profiler] += time.perf_counter() - start
+        steps[with_profiler] += model.num_timesteps - before
+    env.close()
+    fps_with, fps_without = steps[True] / seconds[True], steps[False] / seconds[False]
+    return dict(fps_profiled=round(fps_with, 1), fps_unprofiled=round(fps_without, 1),
+                profiler_overhead=round(1 - fps_with / fps_without, 4))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_phases(rows: list[dict], path: str, title: str) -> None:
+    """Horizontal stacked bars: seconds per 1000 env steps by phase, FPS written at the end of each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
+    names = [r["backbone"] for r in rows]
+    left = np.zeros(len(rows))
+    for phase in PHASES:
+        width = np.array([1000 / r["fps"] * r[phase] for r in rows])
+        ax.barh(names, width, left=left, label=phase)
+        left += width
+    for y, (total, row) in enumerate(zip(left, rows)):
+        ax.text(total, y, f" {row['fps']:.0f} FPS", va="center")
+    ax.set_xlabel("seconds per 1000 env steps")
+    ax.set_title(title)
+    ax.invert_yaxis()
+    ax.set_xlim(0, left.max() * 1.2)
+    ax.legend(ncol=3, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_outputs(rows: list[dict], args: argparse.Namespace, ceiling: float) -> str:
+    table = markdown_table(rows)
+    note = f"Env alone ({args.env}, {args.n_envs} envs, random actions): {ceiling:.0f} steps/s."
+    with open(os.path.join(args.logdir, "summary.md"), "w") as f:
+        f.write(table + "\n\n" + note + "\n")
+    with open(os.path.join(args.logdir, "summary.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_phases(rows, os.path.join(args.logdir, "phases.png"),
+                f"{args.algo.upper()} on {args.env}, {args.n_envs} envs, {args.steps} steps")
+    return table + "\n\n" + note
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="ALE/Pong-v5")
+    parser.add_argument("--env-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{size: 48}'")
+    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano")
+    parser.add_argument("--algo", default="ppo")
+    parser.add_argument("--steps", type=int, default=4096)
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hyperparams", type=yaml.safe_load, default={}, help="YAML dict over agents.DEFAULTS")
+    parser.add_argument("--eval-episodes", type=int, default=0)
+    parser.add_argument("--measure-overhead", action="store_true", help="also time training without the profiler")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--logdir", default=None, help="default: runs/compare-<env>-<time>")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    for name in backbones:
+        rlvision.backbone_info(name)  # unknown names fail now, not after an hour of training
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.logdir = args.logdir or os.path.join("runs", f"compare-{args.env.replace('/', '-')}-{time.strftime('%m%d-%H%M%S')}")
+    os.makedirs(args.logdir, exist_ok=True)
+
+    ceiling = env_only_sps(args)
+    print(f"Env alone: {ceiling:.0f} steps/s")
+    rows: list[dict] = []
+    try:
+        for name in backbones:
+            print(f"== {name}: {args.algo.upper()} on {args.env}, {args.steps} steps, {args.n_envs} envs", flush=True)
+            rows.append(run_one(args, name))
+            print(json.dumps(rows[-1]), flush=True)
+    except KeyboardInterrupt:
+        print("Interrupted: writing the table of the runs that finished.")
+    if rows:
+        print("\n" + save_outputs(rows, args, ceiling) + "\n")
+    print(f"Runs in {args.logdir} (summary.md, summary.csv, phases.png). Compare: tensorboard --logdir {args.logdir}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

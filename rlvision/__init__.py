@@ -1,0 +1,16 @@
+"""rlvision: modern vision backbones as Stable-Baselines3 feature extractors.
+
+>>> import rlvision
+>>> rlvision.list_backbones()[:3]
+['impala_cnn', 'mnv4_conv_large', 'mnv4_conv_medium']
+>>> net = rlvision.create_backbone("mobilenetv4_nano", in_channels=4)
+"""
+
+from . import backbones  # noqa: F401  (registers every backbone family)
+from .extractors import VisionCombinedExtractor, VisionExtractor, check_image_space, policy_kwargs
+from .registry import (Backbone, BackboneInfo, backbone_info, count_parameters, create_backbone, list_backbones,
+                       register_backbone)
+
+__all__ = ["VisionCombinedExtractor", "VisionExtractor", "check_image_space", "policy_kwargs", "Backbone", "BackboneInfo", "backbone_info", "count_parameters", "create_backbone", "list_backbones",
+           "register_backbone"]
+__version__ = "0.1.0"

@@ -1,0 +1,164 @@
+"""Stable-Baselines3 feature extractors built on the backbone registry, and the ``policy_kwargs`` helper."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from .registry import backbone_info, create_backbone
+
+ON_POLICY = ("ppo", "a2c")
+OFF_POLICY = ("sac", "td3", "dqn")
+
+
+def check_image_space(space: spaces.Space, normalized_image: bool = False) -> None:
+    """Raise a ValueError that names the fix unless ``space`` is a channel-first image Box SB3 can feed us."""
+    if isinstance(space, spaces.Dict):
+        raise ValueError("VisionExtractor takes a single image Box; for Dict observations use "
+                         "VisionCombinedExtractor (rlvision.policy_kwargs(..., observation_space=env.observation_space) "
+                         "picks it) with SB3's MultiInputPolicy.")
+    if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+        shape = getattr(space, "shape", None)
+        raise ValueError(f"VisionExtractor needs image observations, a Box of shape (C, H, W); got {space} "
+                         f"(shape {shape}). For vector observations use SB3's MlpPolicy.")
+    if int(np.argmin(space.shape)) == 2 and space.shape[2] < space.shape[0]:
+        c = space.shape[2]
+        raise ValueError(f"Observation space of shape {space.shape} is channel-last (H, W, C); VisionExtractor takes "
+                         f"channel-first (C, H, W) = {(c, *space.shape[:2])}. SB3 algorithms transpose image envs "
+                         f"themselves (VecTransposeImage); envs.make_env returns channel-first envs; when you build "
+                         f"the extractor yourself, wrap the env in VecTransposeImage or permute the space.")
+    if space.dtype == np.uint8:
+        if np.any(space.low != 0) or np.any(space.high != 255):
+            raise ValueError("uint8 image observations must have bounds [0, 255] (SB3 divides them by 255).")
+    elif not normalized_image:
+        raise ValueError(f"Image observations of dtype {space.dtype} are not scaled by SB3 (it divides only uint8 "
+                         f"images by 255). If they are already in [0, 1], pass normalized_image=True "
+                         f"(rlvision.policy_kwargs(..., normalized_image=True) also sets normalize_images=False); "
+                         f"otherwise make the env return uint8 images.")
+
+
+class SpatialPool(nn.Module):
+    """Reduce a (B, C, H, W) map to a flat vector: ``"flatten"`` -> C*H*W, ``"avg"`` -> C, int g -> C*min(g,H)*min(g,W)
+    by adaptive average pooling. The output size is fixed at build time from the map size."""
+
+    def __init__(self, mode: str | int, height: int, width: int):
+        super().__init__()
+        if mode not in ("flatten", "avg") and not (isinstance(mode, int) and mode > 0):
+            raise ValueError(f"pool must be 'flatten', 'avg' or a positive int grid size, got {mode!r}.")
+        self.mode = mode
+        self.size = (min(mode, height), min(mode, width)) if isinstance(mode, int) else None
+        self.identity = self.size == (height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "avg":
+            return x.mean((2, 3))
+        if self.size is not None and not self.identity:
+            x = F.adaptive_avg_pool2d(x, self.size)
+        return x.flatten(1)
+
+    def out_features(self, channels: int, height: int, width: int) -> int:
+        if self.mode == "avg":
+            return channels
+        h, w = self.size or (height, width)
+        return channels * h * w
+
+
+class VisionExtractor(BaseFeaturesExtractor):
+    """Registered backbone -> pool -> Linear -> ReLU, as an SB3 features extractor.
+
+    :param observation_space: Box (C, H, W); uint8 in [0, 255] (SB3 scales it to [0, 1]) or float in [0, 1] with
+        ``normalized_image=True``. Frame stacks are just more channels.
+    :param backbone: a name from :func:`rlvision.list_backbones`.
+    :param features_dim: size of the output features (B, features_dim).
+    :param pool: how the (B, C, h, w) feature map becomes a vector; default: the backbone's ``default_pool``
+        ("flatten" for NatureCNN/IMPALA, a 4x4 average grid for the others, which keeps where things are).
+    :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
+    """
+
+    def __init__(self, observation_space: spaces.Box, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
+                 normalized_image: bool = False, pool: str | int | None = None, **backbone_kwargs: Any):
+        check_image_space(observation_space, normalized_image)
+        info = backbone_info(backbone)
+        channels, height, width = observation_space.shape
+        net = create_backbone(backbone, in_channels=channels, **backbone_kwargs)
+        net.check_input((1, channels, height, width))
+        super().__init__(observation_space, features_dim)
+        self.backbone_name = backbone
+        self.backbone = net
+        map_shape = net.feature_shape(height, width)
+        if len(map_shape) == 1:  # the backbone already pools (e.g. Conformer's two branches): (B, D)
+            self.pool, n_features = nn.Identity(), map_shape[0]
+        else:
+            self.pool = SpatialPool(info.default_pool if pool is None else pool, *map_shape[1:])
+            n_features = self.pool.out_features(*map_shape)
+        self.linear = nn.Sequential(nn.Linear(n_features, features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float in [0, 1] -> (B, features_dim)."""
+        return self.linear(self.pool(self.backbone.forward_features(observations)))
+
+
+class VisionCombinedExtractor(BaseFeaturesExtractor):
+    """Dict observations: every image key through its own :class:`VisionExtractor`, every other key flattened;
+    the results concatenated. (B, ...) per key -> (B, n_images * features_dim + sum of flat sizes)."""
+
+    def __init__(self, observation_space: spaces.Dict, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
+                 normalized_image: bool = False, pool: str | int | None = None, **backbone_kwargs: Any):
+        if not isinstance(observation_space, spaces.Dict):
+            raise ValueError(f"VisionCombinedExtractor needs a Dict observation space, got {observation_space}; "
+                             f"use VisionExtractor for a single image.")
+        extractors: dict[str, nn.Module] = {}
+        total = 0
+        for key, sub in observation_space.spaces.items():
+            if isinstance(sub, spaces.Box) and len(sub.shape) == 3:
+                extractors[key] = VisionExtractor(sub, backbone, features_dim, normalized_image, pool,
+                                                  **backbone_kwargs)
+                total += features_dim
+            else:
+                extractors[key] = nn.Flatten()
+                total += get_flattened_obs_dim(sub)
+        if not any(isinstance(m, VisionExtractor) for m in extractors.values()):
+            raise ValueError(f"No image key (a Box of shape (C, H, W)) in {observation_space}; use MultiInputPolicy "
+                             f"with SB3's CombinedExtractor for non-image dicts.")
+        super().__init__(observation_space, total)
+        self.extractors = nn.ModuleDict(extractors)
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([m(observations[k]) for k, m in self.extractors.items()], dim=1)
+
+
+def policy_kwargs(backbone: str = "mobilenetv4_nano", algo: str = "ppo", features_dim: int = 256,
+                  observation_space: spaces.Space | None = None, normalized_image: bool = False,
+                  pool: str | int | None = None, net_arch: Any = None, **backbone_kwargs: Any) -> dict[str, Any]:
+    """What SB3's ``policy_kwargs`` wants to use ``backbone`` as the encoder of ``algo``.
+
+    On-policy (PPO, A2C): one extractor shared by actor and critic (SB3's default). SAC/TD3: separate actor and
+    critic extractors (SB3's default; SB3's shared mode would train the encoder through the actor loss only).
+    DQN takes no ``share_features_extractor`` key. Pass ``observation_space`` to get the Dict extractor for Dict spaces.
+    """
+    algo = algo.lower()
+    if algo not in ON_POLICY + OFF_POLICY:
+        raise ValueError(f"Unknown algo {algo!r}; choose one of {ON_POLICY + OFF_POLICY}.")
+    backbone_info(backbone)  # fail early, with the list of known names
+    extractor = VisionCombinedExtractor if isinstance(observation_space, spaces.Dict) else VisionExtractor
+    kwargs: dict[str, Any] = dict(
+        features_extractor_class=extractor,
+        features_extractor_kwargs=dict(backbone=backbone, features_dim=features_dim, normalized_image=normalized_image,
+                                       pool=pool, **backbone_kwargs),
+    )
+    if algo in ON_POLICY:
+        kwargs["share_features_extractor"] = True
+    elif algo in ("sac", "td3"):
+        kwargs["share_features_extractor"] = False
+    if normalized_image:
+        kwargs["normalize_images"] = False
+    if net_arch is not None:
+        kwargs["net_arch"] = net_arch
+    return kwargs

@@ -1,0 +1,84 @@
+"""Small building blocks shared by every backbone: norm/activation factories, conv-norm-act, layer scale."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NORMS = ("bn", "gn", "ln", "none")
+ACTS = ("relu", "silu", "gelu", "mish", "none")
+
+
+def group_count(channels: int, per_group: int = 8) -> int:
+    """GroupNorm group count ``channels // per_group`` (the seed's rule), lowered until it divides ``channels``."""
+    groups = max(1, channels // per_group)
+    while channels % groups:
+        groups -= 1
+    return groups
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """Normalisation over a (B, C, H, W) map.
+
+    ``bn`` BatchNorm2d, ``gn`` GroupNorm with C//8 groups, ``ln`` GroupNorm with one group (LayerNorm over C, H, W),
+    ``none`` Identity.
+    """
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return nn.GroupNorm(group_count(channels), channels)
+    if kind == "ln":
+        return nn.GroupNorm(1, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"Unknown norm {kind!r}; choose one of {NORMS}.")
+
+
+def make_act(kind: str) -> nn.Module:
+    """Activation by name: relu, silu, gelu, mish or none."""
+    table = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "mish": nn.Mish, "none": nn.Identity}
+    if kind not in table:
+        raise ValueError(f"Unknown activation {kind!r}; choose one of {ACTS}.")
+    return table[kind]()
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d (same padding, no bias by default) -> norm -> activation. (B, Cin, H, W) -> (B, Cout, H/s, W/s)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 norm: str = "bn", act: str = "relu", bias: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
+        self.norm = make_norm(norm, out_chs)
+        self.act = make_act(act)
+
+
+class LayerScale2d(nn.Module):
+    """Per-channel learned scale ``gamma * x`` on a (B, C, H, W) map (CaiT / MobileNet-v4 hybrids)."""
+
+    def __init__(self, channels: int, init_value: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round ``value`` to a multiple of ``divisor``, never more than 10% below it (MobileNet channel rule)."""
+    if divisor <= 1:
+        return int(round(value))
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class Mlp(nn.Sequential):
+    """Linear -> GELU -> Linear on the last dim (transformer MLP). (..., C) -> (..., out)."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_features or in_features)

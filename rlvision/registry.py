@@ -1,0 +1,134 @@
+"""One registry for every backbone family.
+
+A family registers a builder per variant name; ``create_backbone`` builds it and every backbone it returns is a
+:class:`Backbone`, so the SB3 extractor (and later preprocessing stages, profilers) never special-case a family.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class of every registered backbone.
+
+    Subclasses set ``in_channels``, ``num_features`` (channels of the final feature map), ``total_stride``,
+    ``min_input_size`` and ``num_classes``, and implement :meth:`forward_features`.
+
+    - ``forward_features(x)``: (B, C_in, H, W) float -> (B, num_features, H', W') feature map, or (B, num_features)
+      for backbones that pool themselves (Conformer).
+    - ``forward_head(f)``: feature map -> (B, num_classes) logits, or (B, num_features) pooled features when
+      ``num_classes == 0`` (headless mode).
+    - ``forward(x)`` = ``forward_head(forward_features(x))``.
+    """
+
+    in_channels: int
+    num_features: int
+    total_stride: int
+    min_input_size: int
+    num_classes: int = 0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = features.mean((2, 3))
+        head = getattr(self, "head", None)
+        return head(pooled) if head is not None else pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x.shape)
+        return self.forward_head(self.forward_features(x))
+
+    def check_input(self, shape: tuple[int, ...] | torch.Size) -> None:
+        """Raise a ValueError that says what to do unless ``shape`` is (B, in_channels, H, W), H, W >= minimum."""
+        if len(shape) != 4:
+            raise ValueError(f"{type(self).__name__} expects a (B, C, H, W) batch, got shape {tuple(shape)}.")
+        channels, height, width = shape[1:]
+        if channels != self.in_channels:
+            hint = " (channel-last input? permute to (B, C, H, W))" if shape[-1] == self.in_channels else ""
+            raise ValueError(f"{type(self).__name__} was built for {self.in_channels} input channels, "
+                             f"got {channels} in shape {tuple(shape)}{hint}.")
+        if min(height, width) < self.min_input_size:
+            raise ValueError(f"Input {height}x{width} is smaller than the minimum side {self.min_input_size} of "
+                             f"{type(self).__name__}; upscale the observation (e.g. a resize wrapper) to at least "
+                             f"{self.min_input_size}x{self.min_input_size}.")
+
+    @torch.no_grad()
+    def feature_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """(C, H', W') (or (C,)) of ``forward_features`` for a ``height`` x ``width`` input (one dummy eval forward)."""
+        self.check_input((1, self.in_channels, height, width))
+        was_training = self.training
+        self.eval()
+        try:
+            param = next(self.parameters(), None)
+            dummy = torch.zeros(1, self.in_channels, height, width,
+                                device=param.device if param is not None else None)
+            out = self.forward_features(dummy)
+        finally:
+            self.train(was_training)
+        return tuple(out.shape[1:])  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What the registry knows about a variant before building it."""
+
+    name: str
+    family: str
+    builder: Callable[..., Backbone]
+    min_input_size: int
+    description: str = ""
+    default_pool: str | int = 4
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, BackboneInfo] = {}
+
+
+def register_backbone(name: str, builder: Callable[..., Backbone], *, family: str, min_input_size: int,
+                      description: str = "", default_pool: str | int = 4, **defaults: Any) -> None:
+    """Register ``builder(in_channels=..., num_classes=..., **defaults, **kwargs)`` under ``name``.
+
+    ``default_pool`` is how :class:`rlvision.VisionExtractor` reduces the feature map unless told otherwise:
+    ``"flatten"``, ``"avg"`` (global average) or an int g (average-pool to at most g x g, then flatten).
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"Backbone {name!r} is already registered.")
+    _REGISTRY[name] = BackboneInfo(name, family, builder, min_input_size, description, default_pool, dict(defaults))
+
+
+def list_backbones(family: str | None = None) -> list[str]:
+    """Registered backbone names (optionally of one family), sorted."""
+    return sorted(n for n, info in _REGISTRY.items() if family is None or info.family == family)
+
+
+def backbone_info(name: str) -> BackboneInfo:
+    """The :class:`BackboneInfo` of ``name``; an unknown name raises a ValueError listing the known ones."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown backbone {name!r}.{hint} Known backbones: {', '.join(list_backbones())}.")
+    return _REGISTRY[name]
+
+
+def create_backbone(name: str, in_channels: int = 3, num_classes: int = 0, **kwargs: Any) -> Backbone:
+    """Build backbone ``name`` for ``in_channels`` input channels.
+
+    ``num_classes=0`` (default) gives the headless feature mode used by the RL extractors; ``num_classes>0`` adds
+    the variant's classifier head, as in the original paper or repository.
+    """
+    info = backbone_info(name)
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}.")
+    return info.builder(in_channels=in_channels, num_classes=num_classes, **{**info.defaults, **kwargs})
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module`` (trainable or not)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,56 @@
+import json
+import os
+
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from experiments import compare_backbones, train
+
+
+def scalar_tags(run_dir):
+    tags = set()
+    for root, _, files in os.walk(run_dir):
+        if any(f.startswith("events.out.tfevents") for f in files):
+            acc = EventAccumulator(root)
+            acc.Reload()
+            tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+def test_train_script_from_yaml(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(dict(env="SyntheticPixel-v0", env_kwargs={"size": 32, "grid": 3}, n_envs=2,
+                                          algo="ppo", backbone="mobilenetv4_custom", steps=128, eval_episodes=3,
+                                          checkpoint_every=64, hyperparams={"n_steps": 32, "batch_size": 32},
+                                          log_dir=str(tmp_path / "runs"), run_name="r")))
+    result = train.main([str(config), "--set", "seed=1", "--no-progress"])
+    run = tmp_path / "runs" / "r"
+    assert result["steps"] == 128 and result["episodes"] == 3 and 0 <= result["success_rate"] <= 1
+    assert (run / "model.zip").exists() and json.loads((run / "results.json").read_text())["steps"] == 128
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 1
+    assert len(list((run / "checkpoints").glob("model_*_steps.zip"))) == 2
+    assert "train/loss" in scalar_tags(run)
+
+
+def test_train_script_rejects_unknown_keys(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("backbone: nature_cnn\nlearning_rat: 0.1\n")
+    try:
+        train.main([str(config)])
+    except SystemExit as e:
+        assert "learning_rat" in str(e)
+    else:
+        raise AssertionError("unknown key accepted")
+
+
+def test_compare_backbones_writes_table_and_runs(tmp_path):
+    rows = compare_backbones.main(["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 36, grid: 3}",
+                                   "--backbones", "nature_cnn,mobilenetv4_custom", "--steps", "128", "--n-envs", "2",
+                                   "--hyperparams", "{n_steps: 32, batch_size: 32}", "--eval-episodes", "2",
+                                   "--logdir", str(tmp_path), "--no-progress"])
+    assert [r["backbone"] for r in rows] == ["nature_cnn", "mobilenetv4_custom"]
+    for row in rows:
+        assert row["fps"] > 0 and 0 < row["train_share"] < 1 and row["encoder_params"] > 0
+        assert "train/loss" in scalar_tags(tmp_path / row["backbone"])
+    table = (tmp_path / "summary.md").read_text()
+    assert "mobilenetv4_custom" in table and (tmp_path / "summary.csv").read_text().startswith("backbone,")

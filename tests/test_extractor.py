@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import preprocess_obs
+
+import rlvision
+from rlvision import VisionCombinedExtractor, VisionExtractor, policy_kwargs
+
+
+def image_space(c=4, h=84, w=84, dtype=np.uint8):
+    high = 255 if dtype == np.uint8 else 1.0
+    return spaces.Box(0, high, (c, h, w), dtype=dtype)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv4_nano", "mnv4_conv_small", "nature_cnn", "impala_cnn"])
+@pytest.mark.parametrize("channels", [1, 4, 12])
+def test_extractor_shapes(backbone, channels):
+    space = image_space(channels)
+    ext = VisionExtractor(space, backbone=backbone, features_dim=64)
+    obs = torch.as_tensor(np.stack([space.sample() for _ in range(3)]))
+    out = ext(preprocess_obs(obs, space))
+    assert out.shape == (3, 64) and ext.features_dim == 64 and (out >= 0).all()
+
+
+def test_pool_modes():
+    space = image_space(3, 64, 64)
+    sizes = {pool: VisionExtractor(space, "mobilenetv4_nano", pool=pool).linear[0].in_features
+             for pool in ("avg", "flatten", 4, 2)}
+    assert sizes == {"avg": 24, "flatten": 24 * 16 * 16, 4: 24 * 16, 2: 24 * 4}
+    with pytest.raises(ValueError, match="pool must be"):
+        VisionExtractor(space, "mobilenetv4_nano", pool="max")
+
+
+def test_float_images_need_normalized_flag():
+    space = image_space(3, 64, 64, np.float32)
+    with pytest.raises(ValueError, match="normalized_image=True"):
+        VisionExtractor(space)
+    ext = VisionExtractor(space, normalized_image=True)
+    assert ext(torch.rand(2, 3, 64, 64)).shape == (2, 256)
+    assert policy_kwargs(normalized_image=True)["normalize_images"] is False
+
+
+def test_non_image_space_is_refused():
+    with pytest.raises(ValueError, match="MlpPolicy"):
+        VisionExtractor(spaces.Box(-1, 1, (8,), dtype=np.float32))
+    with pytest.raises(ValueError, match="image observations"):
+        VisionExtractor(spaces.Discrete(3))
+
+
+def test_channel_last_space_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"channel-last.*\(3, 84, 84\).*VecTransposeImage"):
+        VisionExtractor(spaces.Box(0, 255, (84, 84, 3), dtype=np.uint8))
+
+
+def test_too_small_image_names_the_minimum():
+    with pytest.raises(ValueError, match="minimum side 36"):
+        VisionExtractor(image_space(4, 30, 30), backbone="nature_cnn")
+    with pytest.raises(ValueError, match="minimum side 32"):
+        VisionExtractor(image_space(4, 24, 24), backbone="mnv4_conv_small")
+
+
+def test_unknown_backbone_lists_known():
+    with pytest.raises(ValueError, match="Known backbones: .*nature_cnn"):
+        VisionExtractor(image_space(), backbone="resnet50")
+    with pytest.raises(ValueError, match="Known backbones"):
+        policy_kwargs("resnet50")
+
+
+def test_backbone_kwargs_reach_the_builder():
+    ext = VisionExtractor(image_space(3, 64, 64), backbone="mobilenetv4_nano", residual=True)
+    assert any(getattr(m, "has_skip", False) for m in ext.backbone.modules())
+
+
+def test_dict_observations():
+    space = spaces.Dict({"pixels": image_space(3, 64, 64), "speed": spaces.Box(-1, 1, (3,), dtype=np.float32)})
+    ext = VisionCombinedExtractor(space, backbone="mobilenetv4_nano", features_dim=32)
+    assert ext.features_dim == 35
+    obs = {k: torch.as_tensor(np.stack([s.sample() for _ in range(2)])) for k, s in space.spaces.items()}
+    assert ext(preprocess_obs(obs, space)).shape == (2, 35)
+    assert policy_kwargs(observation_space=space)["features_extractor_class"] is VisionCombinedExtractor
+    with pytest.raises(ValueError, match="Dict"):
+        VisionExtractor(space)
+    with pytest.raises(ValueError, match="No image key"):
+        VisionCombinedExtractor(spaces.Dict({"v": spaces.Box(-1, 1, (3,), dtype=np.float32)}))
+
+
+def test_policy_kwargs_per_algorithm():
+    assert policy_kwargs(algo="ppo")["share_features_extractor"] is True
+    assert policy_kwargs(algo="a2c")["share_features_extractor"] is True
+    assert policy_kwargs(algo="sac")["share_features_extractor"] is False
+    assert policy_kwargs(algo="td3")["share_features_extractor"] is False
+    assert "share_features_extractor" not in policy_kwargs(algo="dqn")
+    kw = policy_kwargs("mnv4_conv_small", algo="ppo", features_dim=128, residual=False)
+    assert kw["features_extractor_class"] is rlvision.VisionExtractor
+    assert kw["features_extractor_kwargs"]["backbone"] == "mnv4_conv_small"
+    assert kw["features_extractor_kwargs"]["residual"] is False
+    with pytest.raises(ValueError, match="Unknown algo"):
+        policy_kwargs(algo="trpo")
+
+
+def test_building_does_not_touch_batchnorm_statistics():
+    ext = VisionExtractor(image_space(3, 64, 64), backbone="mnv4_conv_small")
+    bn = next(m for m in ext.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == 0 and ext.training

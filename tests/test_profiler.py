@@ -1,0 +1,98 @@
+import csv
+import time
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import NatureCNN
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from stable_baselines3.common.logger import configure
+
+from agents import make_agent
+from envs import make_env
+from rlvision.profiler import PHASES, ThroughputProfiler, benchmark_backbones
+
+SMALL = dict(size=36, grid=3)
+
+
+def run(algo, profiler=None, steps=256, seed=0, logdir=None, **hp):
+    env_id = "SyntheticPixelContinuous-v0" if algo == "sac" else "SyntheticPixel-v0"
+    env = make_env(env_id, n_envs=2, seed=seed, env_kwargs=SMALL)
+    model = make_agent(algo, env, backbone="mobilenetv4_custom", seed=seed, **hp)
+    if logdir:
+        model.set_logger(configure(str(logdir), ["tensorboard"]))
+    start = time.perf_counter()
+    model.learn(steps, callback=profiler)
+    return model, time.perf_counter() - start
+
+
+def check_phases(summary, wall):
+    measured = sum(summary[f"{p}_s"] for p in PHASES if p != "other")
+    assert abs(summary["wall_s"] - wall) < 0.05 * wall + 0.05, (summary["wall_s"], wall)
+    assert measured <= summary["wall_s"] + 1e-6  # no phase counted twice
+    assert abs(sum(summary[f"{p}_share"] for p in PHASES) - 1) < 1e-6
+    for phase in ("env", "rollout_forward", "train_forward", "backward", "optimizer"):
+        assert summary[f"{phase}_s"] > 0, phase
+
+
+def test_ppo_phases_add_up_to_wall_time():
+    prof = ThroughputProfiler(min_record_s=0)
+    model, wall = run("ppo", prof, steps=256, n_steps=32, batch_size=32, n_epochs=2)
+    s = prof.summary()
+    check_phases(s, wall)
+    assert prof.totals["env_steps"] == 256
+    assert prof.totals["train_samples"] == 2 * 256  # every rollout sample, once per epoch
+    assert s["rollout_sps"] > 0 and s["train_samples_per_s"] > 0 and s["peak_memory_mb"] > 0
+
+
+def test_sac_phases_add_up_to_wall_time():
+    prof = ThroughputProfiler()
+    model, wall = run("sac", prof, steps=200, buffer_size=500, learning_starts=50, batch_size=16)
+    check_phases(prof.summary(), wall)
+    assert prof.totals["env_steps"] == 200
+    assert model._n_updates == 75  # 2 envs: one gradient step per 2 env steps once past learning_starts
+    assert prof.totals["train_samples"] == 16 * 75
+
+
+def test_profiler_does_not_change_training():
+    plain, _ = run("ppo", None, steps=128, seed=3, n_steps=32, batch_size=32, n_epochs=2)
+    profiled, _ = run("ppo", ThroughputProfiler(), steps=128, seed=3, n_steps=32, batch_size=32, n_epochs=2)
+    a, b = plain.policy.state_dict(), profiled.policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_timers_are_removed_after_training():
+    backward = torch.Tensor.backward
+    model, _ = run("ppo", ThroughputProfiler(), steps=64, n_steps=32, batch_size=32, n_epochs=1)
+    assert torch.Tensor.backward is backward
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.policy.modules())
+    assert "step_wait" not in vars(model.get_env()) and "step" not in vars(model.policy.optimizer)
+
+
+def test_tensorboard_tags(tmp_path):
+    run("ppo", ThroughputProfiler(min_record_s=0), steps=128, logdir=tmp_path, n_steps=32, batch_size=32,
+        n_epochs=1)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {f"rlvision/share/{p}" for p in PHASES} | {f"rlvision/time/{p}_s" for p in PHASES}
+    expected |= {"rlvision/env_steps_per_s", "rlvision/rollout_sps", "rlvision/train_samples_per_s",
+                 "rlvision/peak_memory_mb", "time/fps"}
+    assert expected <= tags, expected - tags
+
+
+def test_benchmark_rows_have_every_field(tmp_path):
+    names = ["nature_cnn", "mobilenetv4_custom"]
+    rows = benchmark_backbones(names, input_shape=(4, 40, 40), batch_sizes=(2, 4), threads=1, repeats=2,
+                               warmup=1, csv_path=str(tmp_path / "b.csv"), tensorboard_dir=str(tmp_path / "tb"),
+                               progress=False)
+    fields = {"backbone", "params", "mflops", "fwd_ms", "fwd_ms_iqr", "fwd_bwd_ms", "fwd_bwd_ms_iqr",
+              "train_memory_mb", "rollout_batch", "train_batch", "input_shape", "threads"}
+    assert [r["backbone"] for r in rows] == names
+    for row in rows:
+        assert set(row) == fields and row["params"] > 0 and row["mflops"] > 0 and row["fwd_ms"] > 0
+        assert row["fwd_bwd_ms"] > 0 and row["train_memory_mb"] > 0 and row["threads"] == 1
+    sb3 = NatureCNN(spaces.Box(0, 255, (4, 40, 40), dtype=np.uint8), features_dim=256)
+    assert rows[0]["params"] == sum(p.numel() for p in sb3.parameters())  # extractor = SB3's NatureCNN exactly
+    with open(tmp_path / "b.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2

@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned (constraints.txt): an unpinned torch pulls several GB of CUDA packages
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[atari,minigrid,box2d,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[atari,minigrid,box2d,experiments,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,14 +24,19 @@ demo: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano \
 		--steps $(DEMO_STEPS) --logdir runs/demo
 
-BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4_conv_small
-bench: $(STAMP)  # the RL figures of BENCHMARKS.md (about an hour on 2 cores)
+# The figures in BENCHMARKS.md (about an hour on 2 cores); run on an otherwise idle machine.
+BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
+bench: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones $(BENCH_BACKBONES) \
 		--steps 3072 --logdir runs/bench-pong --no-progress
+	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano \
+		--steps 8192 --measure-overhead --logdir runs/bench-overhead --no-progress
 	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
 		--backbones $(BENCH_BACKBONES) --steps 16384 --eval-episodes 100 --logdir runs/bench-synthetic \
 		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}' \
 		--no-progress
+	$(BIN)/python experiments/bench_backbones.py --input 4x84x84 --batches 8,256 --repeats 3 --warmup 1 \
+		--out runs/bench-backbones
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache

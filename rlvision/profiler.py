@@ -84,6 +84,7 @@ class ThroughputProfiler(BaseCallback):
     def _on_training_end(self) -> None:
         self._close_phase(self._clock())
         self._flush(force=True)
+        self.logger.dump(self.num_timesteps)  # SB3 dumps before training, so the last window would be lost
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()

@@ -5,6 +5,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from experiments import compare_backbones, train
+from rlvision.profiler import PHASES
 
 
 def scalar_tags(run_dir):
@@ -47,10 +48,15 @@ def test_compare_backbones_writes_table_and_runs(tmp_path):
     rows = compare_backbones.main(["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 36, grid: 3}",
                                    "--backbones", "nature_cnn,mobilenetv4_custom", "--steps", "128", "--n-envs", "2",
                                    "--hyperparams", "{n_steps: 32, batch_size: 32}", "--eval-episodes", "2",
-                                   "--logdir", str(tmp_path), "--no-progress"])
+                                   "--measure-overhead", "--logdir", str(tmp_path), "--no-progress"])
     assert [r["backbone"] for r in rows] == ["nature_cnn", "mobilenetv4_custom"]
     for row in rows:
-        assert row["fps"] > 0 and 0 < row["train_share"] < 1 and row["encoder_params"] > 0
-        assert "train/loss" in scalar_tags(tmp_path / row["backbone"])
+        assert row["fps"] > 0 and row["params"] > 0 and row["mflops"] > 0 and 0 <= row["success_rate"] <= 1
+        assert abs(sum(row[p] for p in PHASES) - 1) < 0.01
+        assert row["fps_profiled"] > 0 and row["fps_unprofiled"] > 0 and "profiler_overhead" in row
+        tags = scalar_tags(tmp_path / row["backbone"])
+        assert {"train/loss", "rlvision/share/env", "rlvision/share/backward"} <= tags
     table = (tmp_path / "summary.md").read_text()
-    assert "mobilenetv4_custom" in table and (tmp_path / "summary.csv").read_text().startswith("backbone,")
+    assert "mobilenetv4_custom" in table and "Env alone" in table
+    assert (tmp_path / "summary.csv").read_text().startswith("backbone,")
+    assert (tmp_path / "phases.png").read_bytes()[:4] == b"\x89PNG"

@@ -44,11 +44,14 @@ def test_any_side_from_the_minimum(name, channels):
                 assert fmap.shape == (1, model.num_features, expect, expect)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_too_small_input_is_refused(family):
-    name = rlvision.list_backbones(family)[0]
-    with pytest.raises(ValueError, match="minimum side 32"):
-        create_backbone(name, in_channels=3)(torch.rand(1, 3, 31, 40))
+@pytest.mark.parametrize("name, low", [("rest_lite", 33), ("rest_rl", 17), ("cyclemlp_b1", 32),
+                                       ("conformer_tiny", 32)])
+def test_too_small_input_is_refused(name, low):
+    model = create_backbone(name, in_channels=3)
+    assert model.min_input_size == rlvision.backbone_info(name).min_input_size == low
+    with pytest.raises(ValueError, match=f"minimum side {low}"):
+        model(torch.rand(1, 3, low - 1, 40))
+    assert model.train()(torch.rand(2, 3, low, low)).shape[0] == 2
 
 
 def _deform_reference(x: torch.Tensor, axis: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ and with more than one head a 1x1 conv mixes the heads' logits before softmax an
 Stages 2+ start with a 3x3 stride-2 patch embedding (+ BN + pixel attention).
 
 Unlike the official code (whose patch embedding returns H//2 instead of the conv's output size, so 84 px crashes),
-sizes are read from the tensors, so any side >= 32 works. A variant is a row of VARIANTS; ``rest_rl`` is a small
+sizes are read from the tensors, so any side >= 33 works (17 for ``rest_rl``). A variant is a row of VARIANTS; ``rest_rl`` is a small
 three-stage (stride 16) config for 64-96 px RL frames.
 """
 
@@ -97,7 +97,9 @@ class ResT(Backbone):
                                                   for _ in range(depths[i])) for i in range(len(dims)))
         self.norm = nn.LayerNorm(dims[-1])
         self.in_channels, self.num_classes, self.num_features = in_channels, num_classes, dims[-1]
-        self.total_stride, self.min_input_size = 2 ** (len(dims) + 1), 32
+        # below stride + 1 px the last stage is a 1x1 map, and InstanceNorm over a 1x1 attention map is undefined
+        self.total_stride = 2 ** (len(dims) + 1)
+        self.min_input_size = self.total_stride + 1
         self.head = nn.Linear(dims[-1], num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +126,6 @@ VARIANTS = {
 }
 
 for _name, (_dims, _depths, _heads, _sr) in VARIANTS.items():
-    register_backbone(f"rest_{_name}", ResT, family="rest", min_input_size=32,
+    register_backbone(f"rest_{_name}", ResT, family="rest", min_input_size=2 ** (len(_dims) + 1) + 1,
                       description=f"ResT-{_name} dims {_dims} depths {_depths}", dims=_dims, depths=_depths,
                       heads=_heads, sr_ratios=_sr)

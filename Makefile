@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano \
+	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn \
 		--steps $(DEMO_STEPS) --logdir runs/demo
 
 # The figures in BENCHMARKS.md (about an hour on 2 cores); run on an otherwise idle machine.
@@ -29,7 +29,7 @@ BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4
 bench: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones $(BENCH_BACKBONES) \
 		--steps 3072 --logdir runs/bench-pong --no-progress
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano \
+	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn \
 		--steps 8192 --measure-overhead --logdir runs/bench-overhead --no-progress
 	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
 		--backbones $(BENCH_BACKBONES) --steps 16384 --eval-episodes 100 --logdir runs/bench-synthetic \

@@ -24,19 +24,29 @@ demo: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn \
 		--steps $(DEMO_STEPS) --logdir runs/demo
 
-# The figures in BENCHMARKS.md (about an hour on 2 cores); run on an otherwise idle machine.
+# The figures in BENCHMARKS.md (about 70 minutes on 2 cores); run on an otherwise idle machine.
 BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
+SR_SYN := runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt
 bench: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones $(BENCH_BACKBONES) \
 		--steps 3072 --logdir runs/bench-pong --no-progress
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn \
 		--steps 8192 --measure-overhead --logdir runs/bench-overhead --no-progress
-	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
-		--backbones $(BENCH_BACKBONES) --steps 16384 --eval-episodes 100 --logdir runs/bench-synthetic \
-		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}' \
-		--no-progress
 	$(BIN)/python experiments/bench_backbones.py --input 4x84x84 --batches 8,256 --repeats 3 --warmup 1 \
 		--out runs/bench-backbones
+	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
+		--backbones $(BENCH_BACKBONES) --steps 12288 --eval-episodes 100 --logdir runs/bench-synthetic \
+		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}' \
+		--no-progress
+	for stage in flexnet_rl transformer_sr_rl; do \
+		$(BIN)/python experiments/train_sr.py --env ALE/Pong-v5 --stage $$stage --steps 2000 --no-progress; \
+		$(BIN)/python experiments/train_sr.py --env SyntheticPixel-v0 --env-kwargs '{size: 84}' --stage $$stage \
+			--steps 2000 --no-progress; done
+	$(BIN)/python experiments/bench_preprocess.py --out runs/bench-preprocess
+	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 84, grid: 3}' \
+		--low-res 2 --backbones nature_cnn --preprocess none,bicubic,flexnet_rl:$(SR_SYN) --steps 8192 \
+		--eval-episodes 100 --logdir runs/bench-lowres --no-progress \
+		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}'
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache

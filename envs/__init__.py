@@ -3,5 +3,6 @@
 from . import synthetic  # noqa: F401  (registers SyntheticPixel-v0 and SyntheticPixelContinuous-v0)
 from .factory import env_family, make_env
 from .synthetic import SyntheticPixelEnv
+from .wrappers import VecLowRes, downscale
 
-__all__ = ["SyntheticPixelEnv", "env_family", "make_env"]
+__all__ = ["SyntheticPixelEnv", "VecLowRes", "downscale", "env_family", "make_env"]

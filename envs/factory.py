@@ -18,6 +18,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import (DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecTransposeImage,
                                               is_vecenv_wrapped)
 
+from .wrappers import VecLowRes
+
 
 def env_family(env_id: str) -> str:
     """'atari', 'minigrid', 'carracing', 'synthetic' or 'gym' (any other registered id)."""
@@ -43,13 +45,15 @@ def _minigrid_wrapper(tile_size: int) -> Callable[[gym.Env], gym.Env]:
 
 def make_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack: int | None = None,
              env_kwargs: dict[str, Any] | None = None, vec_env_cls: type[VecEnv] | str | None = None,
-             minigrid_tile_size: int = 8) -> VecEnv:
+             minigrid_tile_size: int = 8, low_res: int | None = None, low_res_interpolation: str = "area") -> VecEnv:
     """Build ``n_envs`` copies of ``env_id`` as one SB3 VecEnv with channel-first uint8 image observations.
 
     :param frame_stack: frames to stack along channels; default 4 for Atari, none otherwise.
     :param vec_env_cls: DummyVecEnv (default: on 2 cores SubprocVecEnv gains nothing and is slow to start),
         SubprocVecEnv, or "dummy"/"subproc".
     :param minigrid_tile_size: pixels per MiniGrid cell (8 gives 56x56 partial views).
+    :param low_res: shrink observations by this factor (2 or 4) with ``low_res_interpolation``
+        ("area", "bilinear", "bicubic", "nearest"), e.g. to pair with a super-resolution stage in the extractor.
     """
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}.")
@@ -91,4 +95,6 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack: in
         raise ValueError(f"{env_id} does not give image observations (observation space {env.observation_space}).")
     if not is_vecenv_wrapped(env, VecTransposeImage):
         env = VecTransposeImage(env)
+    if low_res and low_res > 1:
+        env = VecLowRes(env, low_res, low_res_interpolation)
     return env

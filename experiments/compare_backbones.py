@@ -33,9 +33,22 @@ from envs import make_env  # noqa: E402
 from rlvision.profiler import PHASES, ThroughputProfiler, count_flops  # noqa: E402
 
 
+def make(args: argparse.Namespace, n_envs: int, seed: int):
+    return make_env(args.env, n_envs=n_envs, seed=seed, env_kwargs=args.env_kwargs, low_res=args.low_res)
+
+
+def encoder_kwargs(args: argparse.Namespace, stage: str | None) -> dict:
+    """backbone_kwargs for make_agent: the preprocessing stage ``name[:weights]`` (or none)."""
+    if not stage or stage == "none":
+        return {}
+    name, _, weights = stage.partition(":")
+    return dict(preprocess=name, preprocess_kwargs=dict(scale=args.preprocess_scale),
+                preprocess_weights=weights or None)
+
+
 def env_only_sps(args: argparse.Namespace, steps: int = 2000) -> float:
     """Env steps per second of the vec env alone, random actions."""
-    env = make_env(args.env, n_envs=args.n_envs, seed=args.seed, env_kwargs=args.env_kwargs)
+    env = make(args, args.n_envs, args.seed)
     env.reset()
     actions = [np.stack([env.action_space.sample() for _ in range(env.num_envs)]) for _ in range(16)]
     n = max(steps // env.num_envs, 1)
@@ -47,11 +60,13 @@ def env_only_sps(args: argparse.Namespace, steps: int = 2000) -> float:
     return sps
 
 
-def run_one(args: argparse.Namespace, backbone: str) -> dict:
-    """Train ``backbone`` for ``args.steps`` steps under the profiler; return its row of the summary table."""
-    env = make_env(args.env, n_envs=args.n_envs, seed=args.seed, env_kwargs=args.env_kwargs)
-    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, **args.hyperparams)
-    model.set_logger(configure_logger(os.path.join(args.logdir, backbone), ["tensorboard"]))  # no "_1" suffix
+def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None) -> dict:
+    """Train ``backbone`` (after ``stage``) for ``args.steps`` steps under the profiler; return its table row."""
+    label = backbone if not stage or stage == "none" else f"{backbone}+{stage.partition(':')[0]}"
+    env = make(args, args.n_envs, args.seed)
+    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, backbone_kwargs=encoder_kwargs(args, stage),
+                       **args.hyperparams)
+    model.set_logger(configure_logger(os.path.join(args.logdir, label), ["tensorboard"]))  # no "_1" suffix
     encoder = model.policy.features_extractor
     obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32, device=model.device) / 255
     profiler = ThroughputProfiler()
@@ -59,32 +74,33 @@ def run_one(args: argparse.Namespace, backbone: str) -> dict:
     model.learn(args.steps, callback=profiler, progress_bar=not args.no_progress)
     seconds = time.perf_counter() - start
     s = profiler.summary()
-    row = dict(backbone=backbone, params=sum(p.numel() for p in encoder.parameters()),
+    row = dict(backbone=label, params=sum(p.numel() for p in encoder.parameters()),
                mflops=round(count_flops(encoder, obs) / 1e6, 1), steps=model.num_timesteps,
                seconds=round(seconds, 1), fps=round(model.num_timesteps / seconds, 1))
     row.update({p: round(s[f"{p}_share"], 3) for p in PHASES})
     row.update(rollout_sps=round(s["rollout_sps"], 1), train_samples_per_s=round(s["train_samples_per_s"], 1),
                peak_memory_mb=round(s["peak_memory_mb"]))
     if args.eval_episodes:
-        eval_env = make_env(args.env, n_envs=1, seed=args.seed + 10_000, env_kwargs=args.env_kwargs)
+        eval_env = make(args, 1, args.seed + 10_000)
         result = evaluate_agent(model, eval_env, args.eval_episodes)
         row.update(eval_return=round(result["mean_return"], 3), success_rate=result["success_rate"])
         eval_env.close()
     if args.measure_overhead:
-        row.update(measure_overhead(args, backbone))
+        row.update(measure_overhead(args, backbone, stage))
     env.close()
-    with SummaryWriter(os.path.join(args.logdir, backbone)) as writer:
-        writer.add_hparams({"backbone": backbone, "algo": args.algo, "env": args.env, "steps": args.steps,
+    with SummaryWriter(os.path.join(args.logdir, label)) as writer:
+        writer.add_hparams({"backbone": backbone, "preprocess": stage or "none", "algo": args.algo, "env": args.env, "steps": args.steps,
                             "n_envs": args.n_envs, "seed": args.seed},
                            {f"summary/{k}": float(v) for k, v in row.items()
                             if isinstance(v, (int, float)) and k != "steps"}, run_name=".")
     return row
 
 
-def measure_overhead(args: argparse.Namespace, backbone: str, chunks: int = 4) -> dict:
+def measure_overhead(args: argparse.Namespace, backbone: str, stage: str | None, chunks: int = 4) -> dict:
     """FPS with and without the profiler, training one model in alternating chunks so machine drift cancels."""
-    env = make_env(args.env, n_envs=args.n_envs, seed=args.seed, env_kwargs=args.env_kwargs)
-    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, **args.hyperparams)
+    env = make(args, args.n_envs, args.seed)
+    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, backbone_kwargs=encoder_kwargs(args, stage),
+                       **args.hyperparams)
     model.set_logger(configure_logger(None, []))
     chunk = max(args.steps // chunks, getattr(model, "n_steps", 1) * args.n_envs)
     seconds = {True: 0.0, False: 0.0}
@@ -137,7 +153,8 @@ def plot_phases(rows: list[dict], path: str, title: str) -> None:
 
 def save_outputs(rows: list[dict], args: argparse.Namespace, ceiling: float) -> str:
     table = markdown_table(rows)
-    note = f"Env alone ({args.env}, {args.n_envs} envs, random actions): {ceiling:.0f} steps/s."
+    low = f", observations shrunk x{args.low_res}" if args.low_res else ""
+    note = f"Env alone ({args.env}{low}, {args.n_envs} envs, random actions): {ceiling:.0f} steps/s."
     with open(os.path.join(args.logdir, "summary.md"), "w") as f:
         f.write(table + "\n\n" + note + "\n")
     with open(os.path.join(args.logdir, "summary.csv"), "w", newline="") as f:
@@ -154,6 +171,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--env", default="ALE/Pong-v5")
     parser.add_argument("--env-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{size: 48}'")
     parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano")
+    parser.add_argument("--preprocess", default="none",
+                        help="comma-separated stages name[:weights] run before each backbone, e.g. "
+                             "'bicubic,flexnet_rl:runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt'")
+    parser.add_argument("--preprocess-scale", type=int, default=2)
+    parser.add_argument("--low-res", type=int, default=None, help="shrink observations by this factor")
     parser.add_argument("--algo", default="ppo")
     parser.add_argument("--steps", type=int, default=4096)
     parser.add_argument("--n-envs", type=int, default=8)
@@ -166,8 +188,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    stages = [p.strip() for p in args.preprocess.split(",") if p.strip()]
     for name in backbones:
         rlvision.backbone_info(name)  # unknown names fail now, not after an hour of training
+    for stage in stages:
+        if stage != "none":
+            rlvision.preprocess_info(stage.partition(":")[0])
     if args.threads:
         torch.set_num_threads(args.threads)
     args.logdir = args.logdir or os.path.join("runs", f"compare-{args.env.replace('/', '-')}-{time.strftime('%m%d-%H%M%S')}")
@@ -178,9 +204,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     try:
         for name in backbones:
-            print(f"== {name}: {args.algo.upper()} on {args.env}, {args.steps} steps, {args.n_envs} envs", flush=True)
-            rows.append(run_one(args, name))
-            print(json.dumps(rows[-1]), flush=True)
+            for stage in stages:
+                print(f"== {name} ({stage}): {args.algo.upper()} on {args.env}, {args.steps} steps, {args.n_envs} envs",
+                      flush=True)
+                rows.append(run_one(args, name, stage))
+                print(json.dumps(rows[-1]), flush=True)
     except KeyboardInterrupt:
         print("Interrupted: writing the table of the runs that finished.")
     if rows:

@@ -6,11 +6,15 @@
 >>> net = rlvision.create_backbone("mobilenetv4_nano", in_channels=4)
 """
 
-from . import backbones  # noqa: F401  (registers every backbone family)
+from . import backbones, sr  # noqa: F401  (registers every backbone family and SR stage)
 from .extractors import VisionCombinedExtractor, VisionExtractor, check_image_space, policy_kwargs
+from .preprocess import (PreprocessStage, create_preprocess, list_preprocess, load_preprocess, preprocess_info,
+                         register_preprocess, save_preprocess)
 from .registry import (Backbone, BackboneInfo, backbone_info, count_parameters, create_backbone, list_backbones,
                        register_backbone)
 
-__all__ = ["VisionCombinedExtractor", "VisionExtractor", "check_image_space", "policy_kwargs", "Backbone", "BackboneInfo", "backbone_info", "count_parameters", "create_backbone", "list_backbones",
+__all__ = ["PreprocessStage", "create_preprocess", "list_preprocess", "load_preprocess", "preprocess_info",
+           "register_preprocess", "save_preprocess",
+           "VisionCombinedExtractor", "VisionExtractor", "check_image_space", "policy_kwargs", "Backbone", "BackboneInfo", "backbone_info", "count_parameters", "create_backbone", "list_backbones",
            "register_backbone"]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from .preprocess import create_preprocess, load_preprocess
 from .registry import backbone_info, create_backbone
 
 ON_POLICY = ("ppo", "a2c")
@@ -79,18 +80,41 @@ class VisionExtractor(BaseFeaturesExtractor):
     :param features_dim: size of the output features (B, features_dim).
     :param pool: how the (B, C, h, w) feature map becomes a vector; default: the backbone's ``default_pool``
         ("flatten" for NatureCNN/IMPALA, a 4x4 average grid for the others, which keeps where things are).
+    :param preprocess: a stage from :func:`rlvision.list_preprocess` run first, batched, on each frame of the
+        stack (e.g. ``"flexnet_rl"`` to super-resolve low-resolution frames); the backbone sees the upscaled image.
+    :param preprocess_kwargs: for :func:`rlvision.create_preprocess` (``scale``, ``channels``: 3 for RGB frames, 1
+        for grey stacks, inferred from the channel count).
+    :param preprocess_weights: weights saved by experiments/train_sr.py (loaded with ``weights_only=True``).
+    :param freeze_preprocess: run the stage reparameterized, in eval mode, without autograd (default); False trains it
+        end to end with the RL loss.
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
 
     def __init__(self, observation_space: spaces.Box, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
-                 normalized_image: bool = False, pool: str | int | None = None, **backbone_kwargs: Any):
+                 normalized_image: bool = False, pool: str | int | None = None, preprocess: str | None = None,
+                 preprocess_kwargs: dict[str, Any] | None = None, preprocess_weights: str | None = None,
+                 freeze_preprocess: bool = True, **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         info = backbone_info(backbone)
         channels, height, width = observation_space.shape
+        stage = None
+        if preprocess is not None:
+            kwargs = dict(preprocess_kwargs or {})
+            kwargs.setdefault("channels", 3 if channels % 3 == 0 else 1)  # RGB frames, else grey frame stacks
+            stage = create_preprocess(preprocess, **kwargs)
+            if preprocess_weights:
+                load_preprocess(stage, preprocess_weights)
+            height, width = height * stage.scale, width * stage.scale
         net = create_backbone(backbone, in_channels=channels, **backbone_kwargs)
         net.check_input((1, channels, height, width))
         super().__init__(observation_space, features_dim)
         self.backbone_name = backbone
+        self.preprocess = stage
+        self.freeze_preprocess = stage is not None and freeze_preprocess
+        if self.freeze_preprocess:
+            stage.requires_grad_(False)
+            stage.eval().reparameterize()
+            self.register_load_state_dict_post_hook(VisionExtractor._fuse_after_load)
         self.backbone = net
         map_shape = net.feature_shape(height, width)
         if len(map_shape) == 1:  # the backbone already pools (e.g. Conformer's two branches): (B, D)
@@ -102,7 +126,36 @@ class VisionExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float in [0, 1] -> (B, features_dim)."""
+        if self.preprocess is not None:
+            if self.freeze_preprocess:
+                with torch.no_grad():
+                    observations = self.preprocess.forward_stack(observations)
+            else:
+                observations = self.preprocess.forward_stack(observations)
         return self.linear(self.pool(self.backbone.forward_features(observations)))
+
+    @staticmethod
+    def _fuse_after_load(module: "VisionExtractor", _incompatible) -> None:
+        """Loaded weights reset the frozen stage's fused kernels; fuse them again from the new weights."""
+        module.preprocess.reparameterize()
+
+    def _children_but_frozen_stage(self):
+        return (c for c in self.children() if not (self.freeze_preprocess and c is self.preprocess))
+
+    def train(self, mode: bool = True) -> "VisionExtractor":
+        """Like nn.Module.train, but a frozen preprocessing stage stays in eval mode (and reparameterized)."""
+        self.training = mode
+        for child in self._children_but_frozen_stage():
+            child.train(mode)
+        return self
+
+    def apply(self, fn):
+        """Like nn.Module.apply, but skips a frozen preprocessing stage: SB3 re-initialises the extractor with
+        ``apply(init_weights)`` after building it, which would overwrite the stage's trained weights."""
+        for child in self._children_but_frozen_stage():
+            child.apply(fn)
+        fn(self)
+        return self
 
 
 class VisionCombinedExtractor(BaseFeaturesExtractor):
@@ -110,7 +163,7 @@ class VisionCombinedExtractor(BaseFeaturesExtractor):
     the results concatenated. (B, ...) per key -> (B, n_images * features_dim + sum of flat sizes)."""
 
     def __init__(self, observation_space: spaces.Dict, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
-                 normalized_image: bool = False, pool: str | int | None = None, **backbone_kwargs: Any):
+                 normalized_image: bool = False, pool: str | int | None = None, **kwargs: Any):
         if not isinstance(observation_space, spaces.Dict):
             raise ValueError(f"VisionCombinedExtractor needs a Dict observation space, got {observation_space}; "
                              f"use VisionExtractor for a single image.")
@@ -118,8 +171,7 @@ class VisionCombinedExtractor(BaseFeaturesExtractor):
         total = 0
         for key, sub in observation_space.spaces.items():
             if isinstance(sub, spaces.Box) and len(sub.shape) == 3:
-                extractors[key] = VisionExtractor(sub, backbone, features_dim, normalized_image, pool,
-                                                  **backbone_kwargs)
+                extractors[key] = VisionExtractor(sub, backbone, features_dim, normalized_image, pool, **kwargs)
                 total += features_dim
             else:
                 extractors[key] = nn.Flatten()

@@ -12,7 +12,6 @@ a message that says what it holds.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,6 +19,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import lookup
 
 
 class PreprocessStage(nn.Module):
@@ -95,11 +96,8 @@ def list_preprocess() -> list[str]:
 
 
 def preprocess_info(name: str) -> PreprocessInfo:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown preprocessing stage {name!r}.{hint} Known: {', '.join(list_preprocess())}.")
-    return _REGISTRY[name]
+    """The :class:`PreprocessInfo` of ``name``; an unknown name raises a ValueError listing the known ones."""
+    return lookup(_REGISTRY, name, "preprocessing stage")
 
 
 def create_preprocess(name: str, scale: int | None = None, channels: int = 3, **kwargs: Any) -> PreprocessStage:

@@ -108,13 +108,18 @@ def list_backbones(family: str | None = None) -> list[str]:
     return sorted(n for n, info in _REGISTRY.items() if family is None or info.family == family)
 
 
+def lookup(registry: dict[str, Any], name: str, what: str) -> Any:
+    """``registry[name]``; an unknown name raises a ValueError with close matches and every known name."""
+    if name not in registry:
+        close = difflib.get_close_matches(name, registry, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown {what} {name!r}.{hint} Known {what}s: {', '.join(sorted(registry))}.")
+    return registry[name]
+
+
 def backbone_info(name: str) -> BackboneInfo:
     """The :class:`BackboneInfo` of ``name``; an unknown name raises a ValueError listing the known ones."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown backbone {name!r}.{hint} Known backbones: {', '.join(list_backbones())}.")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, name, "backbone")
 
 
 def create_backbone(name: str, in_channels: int = 3, num_classes: int = 0, **kwargs: Any) -> Backbone:

@@ -30,8 +30,25 @@ PHASES = ("env", "rollout_forward", "train_forward", "backward", "optimizer", "o
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process (Linux ru_maxrss) in MiB; SubprocVecEnv workers are not included."""
+    """Peak resident memory of this process in MiB (since :func:`reset_peak_memory` where Linux allows it);
+    SubprocVecEnv workers are not included."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory() -> None:
+    """Restart the peak-memory count at the current RSS (Linux >= 4.0: ``5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 class _Clock:
@@ -74,6 +91,7 @@ class ThroughputProfiler(BaseCallback):
         self.totals = {**self._window, **self._counts}
         self._window_counts = dict(self._counts)
         self._train_batch = getattr(self.model, "batch_size", None) or self.model.n_steps * self.model.n_envs
+        reset_peak_memory()  # so peak_memory_mb is this run's, not an earlier run's in the same process
         self._install_env_timer(self.training_env)
         self._install_forward_hooks(self.model.policy)
         self._install_backward_timer()

@@ -10,7 +10,7 @@ from stable_baselines3.common.logger import configure
 
 from agents import make_agent
 from envs import make_env
-from rlvision.profiler import PHASES, ThroughputProfiler, benchmark_backbones
+from rlvision.profiler import PHASES, ThroughputProfiler, benchmark_backbones, peak_memory_mb
 
 SMALL = dict(size=36, grid=3)
 
@@ -96,3 +96,13 @@ def test_benchmark_rows_have_every_field(tmp_path):
     assert rows[0]["params"] == sum(p.numel() for p in sb3.parameters())  # extractor = SB3's NatureCNN exactly
     with open(tmp_path / "b.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_peak_memory_is_per_run():
+    ballast = np.ones(400_000_000 // 8)  # ~400 MB peak before training, freed before it starts
+    ballast[:] = 1.0
+    before = peak_memory_mb()
+    del ballast
+    prof = ThroughputProfiler()
+    run("ppo", prof, steps=64, n_steps=32, batch_size=32, n_epochs=1)
+    assert prof.summary()["peak_memory_mb"] < before - 200

@@ -24,8 +24,9 @@ demo: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn \
 		--steps $(DEMO_STEPS) --logdir runs/demo
 
-# The figures in BENCHMARKS.md (about 70 minutes on 2 cores); run on an otherwise idle machine.
+# The figures in BENCHMARKS.md (about 80 minutes on 2 cores); run on an otherwise idle machine.
 BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
+IMAGENET_HYBRIDS := nature_cnn,mobilenetv4_nano,rest_lite,rest_small,rest_base,rest_large,cyclemlp_b1,cyclemlp_b2,cyclemlp_b3,cyclemlp_b4,cyclemlp_b5,conformer_tiny,conformer_small,conformer_base
 SR_SYN := runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt
 bench: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones $(BENCH_BACKBONES) \
@@ -33,7 +34,9 @@ bench: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn \
 		--steps 8192 --measure-overhead --logdir runs/bench-overhead --no-progress
 	$(BIN)/python experiments/bench_backbones.py --input 4x84x84 --batches 8,256 --repeats 3 --warmup 1 \
-		--out runs/bench-backbones
+		--backbones $(BENCH_BACKBONES),mnv4_conv_medium,mnv4_hybrid_medium --out runs/bench-backbones
+	$(BIN)/python experiments/bench_backbones.py --input 4x84x84 --batches 8,32 --repeats 3 --warmup 1 \
+		--backbones $(IMAGENET_HYBRIDS) --out runs/bench-backbones-imagenet
 	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
 		--backbones $(BENCH_BACKBONES) --steps 12288 --eval-episodes 100 --logdir runs/bench-synthetic \
 		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}' \

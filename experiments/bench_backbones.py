@@ -19,8 +19,10 @@ import rlvision  # noqa: E402
 from experiments.compare_backbones import markdown_table  # noqa: E402
 from rlvision.profiler import benchmark_backbones  # noqa: E402
 
-# Too slow for a default sweep on 2 cores (seconds per training batch); ask for them by name.
-HEAVY = {"mobilenetv4_large", "mobilenetv4_hybrid_large", "mnv4_conv_large", "mnv4_hybrid_large"}
+# Too slow or too big for a default sweep at a 256 batch on 2 cores / 24 GiB; ask for them by name (with a smaller
+# --batches training batch: the ImageNet-sized variants need several GB of activations per 32 frames at 84 px).
+HEAVY = {"mobilenetv4_medium", "mobilenetv4_large", "mobilenetv4_hybrid_large", "mnv4_conv_large", "mnv4_hybrid_large",
+         "rest_base", "rest_large", "cyclemlp_b3", "cyclemlp_b4", "cyclemlp_b5", "conformer_small", "conformer_base"}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import gc
 import os
 import resource
 import statistics
@@ -261,8 +262,11 @@ def _median_iqr(samples: Sequence[float]) -> tuple[float, float]:
     return statistics.median(samples), float(q3 - q1)
 
 
-def _time_call(fn: Callable[[], Any], repeats: int, warmup: int, clock: _Clock) -> list[float]:
-    for _ in range(warmup):
+def _time_call(fn: Callable[[], Any], repeats: int, warmup: int, clock: _Clock,
+               first: Callable[[], Any] | None = None) -> list[float]:
+    """Run ``first`` (or ``fn``) once, ``warmup - 1`` more untimed calls, then time ``repeats`` calls."""
+    (first or fn)()
+    for _ in range(warmup - 1):
         fn()
     times = []
     for _ in range(repeats):
@@ -272,18 +276,23 @@ def _time_call(fn: Callable[[], Any], repeats: int, warmup: int, clock: _Clock) 
     return times
 
 
-def _saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the tensors autograd saves for backward in one forward of ``module(x)``."""
-    total = 0
+class _SavedBytes:
+    """Counts the bytes of the tensors autograd saves for backward while active (a context manager)."""
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
+    def __init__(self):
+        self.total = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.total += t.numel() * t.element_size()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return total
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
 
 
 def benchmark_backbones(names: Iterable[str], input_shape: tuple[int, int, int] = (4, 84, 84),
@@ -334,13 +343,19 @@ def benchmark_backbones(names: Iterable[str], input_shape: tuple[int, int, int] 
                 model.zero_grad(set_to_none=True)
                 model(x_train).sum().backward()
 
+            saved = _SavedBytes()
+
+            def counted_step():  # the first (warm-up) step also counts what autograd saves
+                with saved:
+                    train_step()
+
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            fwd_bwd = _time_call(train_step, repeats, warmup, clock)
+            fwd_bwd = _time_call(train_step, repeats, max(warmup, 1), clock, first=counted_step)
             if dev.type == "cuda":
                 memory = torch.cuda.max_memory_allocated(dev)
             else:
-                memory = _saved_activation_bytes(model, x_train) + 4 * params * 4
+                memory = saved.total + 4 * params * 4
             fwd_med, fwd_iqr = _median_iqr(fwd)
             fb_med, fb_iqr = _median_iqr(fwd_bwd)
             rows.append(dict(backbone=name, params=params, mflops=round(flops / 1e6, 1),
@@ -349,7 +364,8 @@ def benchmark_backbones(names: Iterable[str], input_shape: tuple[int, int, int] 
                              train_memory_mb=round(memory / 2**20, 1), rollout_batch=rollout_batch,
                              train_batch=train_batch, input_shape="x".join(map(str, input_shape)),
                              threads=torch.get_num_threads()))
-            del model
+            del model, x_train, x_roll
+            gc.collect()
     finally:
         torch.set_num_threads(old_threads)
     if csv_path and rows:

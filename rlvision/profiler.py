@@ -295,6 +295,46 @@ class _SavedBytes:
         self._hooks.__exit__(*exc)
 
 
+def _bench_one(model: nn.Module, name: str, input_shape: tuple[int, int, int], batch_sizes: tuple[int, int],
+               repeats: int, warmup: int, dev: torch.device) -> dict[str, Any]:
+    """One row of :func:`benchmark_backbones` for ``model``."""
+    clock = _Clock(dev)
+    rollout_batch, train_batch = batch_sizes
+    params = sum(p.numel() for p in model.parameters())
+    flops = count_flops(model, torch.rand(1, *input_shape, device=dev))
+    x_roll = torch.rand(rollout_batch, *input_shape, device=dev)
+
+    def rollout():
+        with torch.inference_mode():
+            model(x_roll)
+
+    fwd = _time_call(rollout, repeats, warmup, clock)
+    model.train()
+    x_train = torch.rand(train_batch, *input_shape, device=dev)
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        model(x_train).sum().backward()
+
+    saved = _SavedBytes()
+
+    def counted_step():  # the first (warm-up) step also counts what autograd saves
+        with saved:
+            train_step()
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    fwd_bwd = _time_call(train_step, repeats, max(warmup, 1), clock, first=counted_step)
+    memory = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else saved.total + 4 * params * 4
+    fwd_med, fwd_iqr = _median_iqr(fwd)
+    fb_med, fb_iqr = _median_iqr(fwd_bwd)
+    return dict(backbone=name, params=params, mflops=round(flops / 1e6, 1),
+                fwd_ms=round(fwd_med * 1e3, 2), fwd_ms_iqr=round(fwd_iqr * 1e3, 2),
+                fwd_bwd_ms=round(fb_med * 1e3, 1), fwd_bwd_ms_iqr=round(fb_iqr * 1e3, 1),
+                train_memory_mb=round(memory / 2**20, 1), rollout_batch=rollout_batch, train_batch=train_batch,
+                input_shape="x".join(map(str, input_shape)), threads=torch.get_num_threads())
+
+
 def benchmark_backbones(names: Iterable[str], input_shape: tuple[int, int, int] = (4, 84, 84),
                         batch_sizes: tuple[int, int] = (8, 256), threads: int | None = None, repeats: int = 5,
                         warmup: int = 2, features_dim: int = 256, device: str = "cpu",
@@ -315,9 +355,7 @@ def benchmark_backbones(names: Iterable[str], input_shape: tuple[int, int, int] 
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    clock = _Clock(dev)
     space = spaces.Box(0, 255, input_shape, dtype=np.uint8)
-    rollout_batch, train_batch = batch_sizes
     rows: list[dict[str, Any]] = []
     iterator: Iterable[str] = names
     if progress:
@@ -327,44 +365,8 @@ def benchmark_backbones(names: Iterable[str], input_shape: tuple[int, int, int] 
     try:
         for name in iterator:
             model = VisionExtractor(space, backbone=name, features_dim=features_dim).to(dev)
-            params = sum(p.numel() for p in model.parameters())
-            flops = count_flops(model, torch.rand(1, *input_shape, device=dev))
-            x_roll = torch.rand(rollout_batch, *input_shape, device=dev)
-
-            def rollout():
-                with torch.inference_mode():
-                    model(x_roll)
-
-            fwd = _time_call(rollout, repeats, warmup, clock)
-            model.train()
-            x_train = torch.rand(train_batch, *input_shape, device=dev)
-
-            def train_step():
-                model.zero_grad(set_to_none=True)
-                model(x_train).sum().backward()
-
-            saved = _SavedBytes()
-
-            def counted_step():  # the first (warm-up) step also counts what autograd saves
-                with saved:
-                    train_step()
-
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            fwd_bwd = _time_call(train_step, repeats, max(warmup, 1), clock, first=counted_step)
-            if dev.type == "cuda":
-                memory = torch.cuda.max_memory_allocated(dev)
-            else:
-                memory = saved.total + 4 * params * 4
-            fwd_med, fwd_iqr = _median_iqr(fwd)
-            fb_med, fb_iqr = _median_iqr(fwd_bwd)
-            rows.append(dict(backbone=name, params=params, mflops=round(flops / 1e6, 1),
-                             fwd_ms=round(fwd_med * 1e3, 2), fwd_ms_iqr=round(fwd_iqr * 1e3, 2),
-                             fwd_bwd_ms=round(fb_med * 1e3, 1), fwd_bwd_ms_iqr=round(fb_iqr * 1e3, 1),
-                             train_memory_mb=round(memory / 2**20, 1), rollout_batch=rollout_batch,
-                             train_batch=train_batch, input_shape="x".join(map(str, input_shape)),
-                             threads=torch.get_num_threads()))
-            del model, x_train, x_roll
+            rows.append(_bench_one(model, name, input_shape, batch_sizes, repeats, warmup, dev))
+            del model
             gc.collect()
     finally:
         torch.set_num_threads(old_threads)

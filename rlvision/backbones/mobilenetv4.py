@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvNormAct, LayerScale2d, make_act, make_divisible, make_norm
+from ..layers import ConvNormAct, LayerScale2d, make_divisible, make_norm
 from ..registry import Backbone, register_backbone
 
 

@@ -62,6 +62,11 @@ class Identity(PreprocessStage):
         return x
 
 
+def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic upscaling of (B, C, H, W) by ``scale`` (not clamped)."""
+    return x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
 class Bicubic(PreprocessStage):
     """Bicubic upscaling by ``scale`` (the baseline every SR stage must beat), clamped to [0, 1]."""
 
@@ -70,7 +75,7 @@ class Bicubic(PreprocessStage):
         self.scale, self.channels = scale, channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        return bicubic(x, self.scale).clamp(0, 1)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..preprocess import PreprocessStage, register_preprocess
+from ..preprocess import PreprocessStage, bicubic, register_preprocess
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -243,10 +243,13 @@ class FlexNet(PreprocessStage):
     :param pipeline: "linear" (one BlockGroup per entry of ``num_blocks``, full resolution) or "meta" (U-Net; the
         first four entries are used).
     :param attention: "window" (upstream) or "lmlt" (multi-level).
+    :param global_skip: add the bicubic upscale of the input to the output and start the last conv at zero, so the
+        stage begins as bicubic and learns only the residual (not in upstream; on in the RL preset).
     """
 
     def __init__(self, channels: int = 3, scale: int = 4, dim: int = 64, num_blocks=(6,) * 6, window_size: int = 8,
-                 hidden_rate: int = 4, key_norm: bool = False, pipeline: str = "linear", attention: str = "window"):
+                 hidden_rate: int = 4, key_norm: bool = False, pipeline: str = "linear", attention: str = "window",
+                 global_skip: bool = False):
         super().__init__()
         if pipeline not in ("linear", "meta"):
             raise ValueError(f"pipeline must be 'linear' or 'meta', got {pipeline!r}.")
@@ -263,16 +266,21 @@ class FlexNet(PreprocessStage):
         self.pipeline = (nn.Sequential(*(BlockGroup(dim, n, **kw) for n in num_blocks)) if pipeline == "linear"
                          else MetaPipeline(dim, num_blocks, **kw))
         self.to_img = nn.Sequential(nn.Conv2d(2 * dim, channels * scale ** 2, 3, 1, 1), nn.PixelShuffle(scale))
+        self.global_skip = global_skip
+        if global_skip:
+            nn.init.zeros_(self.to_img[0].weight)
+            nn.init.zeros_(self.to_img[0].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x = pad_to_multiple(x, self.multiple)
-        y = torch.cat([self.pipeline(self.in_to_feat(x)), self.short_cut(x)], dim=1)
-        return self.to_img(y)[:, :, :h * self.scale, :w * self.scale]
+        y = pad_to_multiple(x, self.multiple)
+        y = torch.cat([self.pipeline(self.in_to_feat(y)), self.short_cut(y)], dim=1)
+        y = self.to_img(y)[:, :, :h * self.scale, :w * self.scale]
+        return y + bicubic(x, self.scale) if self.global_skip else y
 
 
 register_preprocess("flexnet", FlexNet, "FlexNet V1, linear pipeline (upstream defaults)", scale=4)
 register_preprocess("flexnet_meta", FlexNet, "MetaFlexNet: U-Net pipeline, dim 48, blocks (4, 6, 6, 8)", scale=4,
                     dim=48, num_blocks=(4, 6, 6, 8), pipeline="meta")
-register_preprocess("flexnet_rl", FlexNet, "RL-sized FlexNet: dim 8, one group of 1 block, x2", scale=2, dim=8,
-                    num_blocks=(1,), hidden_rate=2)
+register_preprocess("flexnet_rl", FlexNet, "RL-sized FlexNet: dim 8, one group of 1 block, bicubic skip, x2",
+                    scale=2, dim=8, num_blocks=(1,), hidden_rate=2, global_skip=True)

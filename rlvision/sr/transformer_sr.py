@@ -11,7 +11,8 @@
 Scaling: by default the standard rule, 1/sqrt(length of the dot product): 1/sqrt(head_dim) for window attention,
 1/sqrt(H*W) for channel attention, so the temperature does not drift with resolution. ``upstream_scaling=True``
 gives the seed code's 1/head_dim^2 (window) and 1/(H*W)^2 (channel). Any input side: the map is padded to a
-multiple of the window (replicate) and the output cropped.
+multiple of the window (replicate) and the output cropped. ``global_skip=True`` (the RL preset) replaces the
+``+ 0.5`` by the bicubic upscale of the input and starts the last conv at zero: the stage begins as bicubic.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Mlp
-from ..preprocess import PreprocessStage, register_preprocess
+from ..preprocess import PreprocessStage, bicubic, register_preprocess
 
 
 class AttentionBlock(nn.Module):
@@ -68,7 +69,7 @@ class TransformerSR(PreprocessStage):
     """(B, channels, H, W) in [0, 1] -> (B, channels, factor*H, factor*W), not clamped (as upstream)."""
 
     def __init__(self, channels: int = 3, scale: int = 4, num_blocks: int = 8, dim: int = 256, window_size: int = 4,
-                 num_heads: int = 16, upstream_scaling: bool = False):
+                 num_heads: int = 16, upstream_scaling: bool = False, global_skip: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
@@ -78,16 +79,21 @@ class TransformerSR(PreprocessStage):
                                       for _ in range(num_blocks) for channel in (False, True)))
         self.out_conv = nn.Conv2d(dim, channels * scale ** 2, 3, 1, 1)
         self.shuffle = nn.PixelShuffle(scale)
+        self.global_skip = global_skip
+        if global_skip:
+            nn.init.zeros_(self.out_conv.weight)
+            nn.init.zeros_(self.out_conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         ws = self.window
-        x = F.pad(x - 0.5, (0, -w % ws, 0, -h % ws), mode="replicate")
-        y = self.blocks(self.in_conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return (self.shuffle(self.out_conv(y)) + 0.5)[:, :, :h * self.scale, :w * self.scale]
+        y = F.pad(x - 0.5, (0, -w % ws, 0, -h % ws), mode="replicate")
+        y = self.blocks(self.in_conv(y).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = self.shuffle(self.out_conv(y))[:, :, :h * self.scale, :w * self.scale]
+        return y + (bicubic(x, self.scale) if self.global_skip else 0.5)
 
 
 register_preprocess("transformer_sr", TransformerSR, "window/channel-attention SR transformer (seed config)",
                     scale=4)
-register_preprocess("transformer_sr_rl", TransformerSR, "RL-sized SR transformer: dim 16, 1 block pair, x2",
-                    scale=2, num_blocks=1, dim=16, num_heads=2)
+register_preprocess("transformer_sr_rl", TransformerSR, "RL-sized SR transformer: dim 16, 1 block pair, "
+                    "bicubic skip, x2", scale=2, num_blocks=1, dim=16, num_heads=2, global_skip=True)

@@ -106,3 +106,12 @@ def test_peak_memory_is_per_run():
     prof = ThroughputProfiler()
     run("ppo", prof, steps=64, n_steps=32, batch_size=32, n_epochs=1)
     assert prof.summary()["peak_memory_mb"] < before - 200
+
+
+def test_works_with_subproc_vec_env():
+    env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=SMALL, vec_env_cls="subproc")
+    model = make_agent("ppo", env, backbone="mobilenetv4_custom", seed=0, n_steps=32, batch_size=32, n_epochs=1)
+    prof = ThroughputProfiler(min_record_s=0)
+    model.learn(128, callback=prof)
+    assert prof.totals["env_steps"] == 128 and prof.summary()["env_s"] > 0
+    env.close()

@@ -6,7 +6,8 @@
 - CarRacing (``CarRacing-v3``): 96x96 RGB; optional frame stack.
 - The synthetic pixel env (``SyntheticPixel-v0``, ``SyntheticPixelContinuous-v0``).
 
-Every env comes back as a VecEnv with channel-first uint8 observations (C, H, W) and a Monitor on each copy.
+Every env comes back as a VecEnv with channel-first uint8 observations (C, H, W) and a Monitor on each copy. Ids are
+passed to gymnasium as ``module:EnvId`` (``ale_py:ALE/Pong-v5``, ...) so SubprocVecEnv workers register them too.
 """
 
 from __future__ import annotations
@@ -74,19 +75,20 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack: in
         if env_id.startswith("ALE/"):
             env_kwargs.setdefault("frameskip", 1)  # AtariWrapper skips 4; ALE v5 would skip 4 more
             env_kwargs.setdefault("repeat_action_probability", 0.0)
-        env = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=vec_env_cls)
+        env = make_atari_env(f"ale_py:{env_id}", n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
+                             vec_env_cls=vec_env_cls)
         frame_stack = 4 if frame_stack is None else frame_stack
     else:
-        wrapper = None
+        wrapper, gym_id = None, env_id
         if family == "minigrid":
             import minigrid  # noqa: F401  (registers the MiniGrid ids)
 
-            wrapper = _minigrid_wrapper(minigrid_tile_size)
+            wrapper, gym_id = _minigrid_wrapper(minigrid_tile_size), f"minigrid:{env_id}"
         elif family == "carracing":
             env_kwargs.setdefault("continuous", True)
         elif family == "synthetic":
-            from . import synthetic  # noqa: F401
-        env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, wrapper_class=wrapper,
+            gym_id = f"{__package__}.synthetic:{env_id}"
+        env = make_vec_env(gym_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, wrapper_class=wrapper,
                            vec_env_cls=vec_env_cls)
     if frame_stack and frame_stack > 1:
         env = VecFrameStack(env, frame_stack, channels_order="last")

@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn \
+	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano \
 		--steps $(DEMO_STEPS) --logdir runs/demo
 
 # The figures in BENCHMARKS.md (about 80 minutes on 2 cores); run on an otherwise idle machine.

@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import time
 
@@ -37,13 +38,28 @@ def make(args: argparse.Namespace, n_envs: int, seed: int):
     return make_env(args.env, n_envs=n_envs, seed=seed, env_kwargs=args.env_kwargs, low_res=args.low_res)
 
 
-def encoder_kwargs(args: argparse.Namespace, stage: str | None) -> dict:
-    """backbone_kwargs for make_agent: the preprocessing stage ``name[:weights]`` (or none)."""
-    if not stage or stage == "none":
-        return {}
-    name, _, weights = stage.partition(":")
-    return dict(preprocess=name, preprocess_kwargs=dict(scale=args.preprocess_scale),
-                preprocess_weights=weights or None)
+def parse_backbones(text: str) -> list[tuple[str, dict]]:
+    """``"nature_cnn,mobilenetv4_nano_rl[norm=gn,channels_last=false]"`` -> [(name, extractor kwargs), ...]."""
+    specs = []
+    for name, options in re.findall(r"\s*([^,\[\s]+)(?:\[([^\]]*)\])?\s*(?:,|$)", text):
+        kwargs = {}
+        for item in filter(None, (o.strip() for o in options.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"Backbone option {item!r} in {text!r} is not key=value.")
+            kwargs[key.strip()] = yaml.safe_load(value)
+        specs.append((name, kwargs))
+    return specs
+
+
+def encoder_kwargs(args: argparse.Namespace, stage: str | None, options: dict | None = None) -> dict:
+    """backbone_kwargs for make_agent: the backbone's options plus the preprocessing stage ``name[:weights]``."""
+    kwargs = dict(options or {})
+    if stage and stage != "none":
+        name, _, weights = stage.partition(":")
+        kwargs.update(preprocess=name, preprocess_kwargs=dict(scale=args.preprocess_scale),
+                      preprocess_weights=weights or None)
+    return kwargs
 
 
 def env_only_sps(args: argparse.Namespace, steps: int = 2000) -> float:
@@ -60,12 +76,14 @@ def env_only_sps(args: argparse.Namespace, steps: int = 2000) -> float:
     return sps
 
 
-def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None) -> dict:
-    """Train ``backbone`` (after ``stage``) for ``args.steps`` steps under the profiler; return its table row."""
-    label = backbone if not stage or stage == "none" else f"{backbone}+{stage.partition(':')[0]}"
+def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, options: dict | None = None) -> dict:
+    """Train ``backbone`` (with extractor ``options``, after ``stage``) for ``args.steps`` steps under the profiler;
+    return its table row."""
+    label = backbone + ("[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
+    label += "" if not stage or stage == "none" else f"+{stage.partition(':')[0]}"
     env = make(args, args.n_envs, args.seed)
-    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, backbone_kwargs=encoder_kwargs(args, stage),
-                       **args.hyperparams)
+    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed,
+                       backbone_kwargs=encoder_kwargs(args, stage, options), **args.hyperparams)
     model.set_logger(configure_logger(os.path.join(args.logdir, label), ["tensorboard"]))  # no "_1" suffix
     encoder = model.policy.features_extractor
     obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32, device=model.device) / 255
@@ -86,21 +104,22 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None) -
         row.update(eval_return=round(result["mean_return"], 3), success_rate=result["success_rate"])
         eval_env.close()
     if args.measure_overhead:
-        row.update(measure_overhead(args, backbone, stage))
+        row.update(measure_overhead(args, backbone, stage, options))
     env.close()
     with SummaryWriter(os.path.join(args.logdir, label)) as writer:
-        writer.add_hparams({"backbone": backbone, "preprocess": stage or "none", "algo": args.algo, "env": args.env, "steps": args.steps,
+        writer.add_hparams({"backbone": label, "preprocess": stage or "none", "algo": args.algo, "env": args.env, "steps": args.steps,
                             "n_envs": args.n_envs, "seed": args.seed},
                            {f"summary/{k}": float(v) for k, v in row.items()
                             if isinstance(v, (int, float)) and k != "steps"}, run_name=".")
     return row
 
 
-def measure_overhead(args: argparse.Namespace, backbone: str, stage: str | None, chunks: int = 4) -> dict:
+def measure_overhead(args: argparse.Namespace, backbone: str, stage: str | None, options: dict | None = None,
+                     chunks: int = 4) -> dict:
     """FPS with and without the profiler, training one model in alternating chunks so machine drift cancels."""
     env = make(args, args.n_envs, args.seed)
-    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, backbone_kwargs=encoder_kwargs(args, stage),
-                       **args.hyperparams)
+    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed,
+                       backbone_kwargs=encoder_kwargs(args, stage, options), **args.hyperparams)
     model.set_logger(configure_logger(None, []))
     chunk = max(args.steps // chunks, getattr(model, "n_steps", 1) * args.n_envs)
     seconds = {True: 0.0, False: 0.0}
@@ -170,7 +189,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="ALE/Pong-v5")
     parser.add_argument("--env-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{size: 48}'")
-    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano")
+    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano",
+                        help="comma-separated names, each with optional extractor/backbone options in brackets, e.g. "
+                             "'nature_cnn[channels_last=false,inference_copy=false],mobilenetv4_nano_rl[norm=gn]'")
     parser.add_argument("--preprocess", default="none",
                         help="comma-separated stages name[:weights] run before each backbone, e.g. "
                              "'bicubic,flexnet_rl:runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt'")
@@ -187,9 +208,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--logdir", default=None, help="default: runs/compare-<env>-<time>")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    backbones = parse_backbones(args.backbones)
     stages = [p.strip() for p in args.preprocess.split(",") if p.strip()]
-    for name in backbones:
+    for name, _ in backbones:
         rlvision.backbone_info(name)  # unknown names fail now, not after an hour of training
     for stage in stages:
         if stage != "none":
@@ -203,11 +224,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"Env alone: {ceiling:.0f} steps/s")
     rows: list[dict] = []
     try:
-        for name in backbones:
+        for name, options in backbones:
             for stage in stages:
-                print(f"== {name} ({stage}): {args.algo.upper()} on {args.env}, {args.steps} steps, {args.n_envs} envs",
-                      flush=True)
-                rows.append(run_one(args, name, stage))
+                print(f"== {name} {options or ''} ({stage}): {args.algo.upper()} on {args.env}, {args.steps} steps, "
+                      f"{args.n_envs} envs", flush=True)
+                rows.append(run_one(args, name, stage, options))
                 print(json.dumps(rows[-1]), flush=True)
     except KeyboardInterrupt:
         print("Interrupted: writing the table of the runs that finished.")

@@ -12,11 +12,14 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from .inference import InferenceCopy
 from .preprocess import create_preprocess, load_preprocess
 from .registry import backbone_info, create_backbone
 
 ON_POLICY = ("ppo", "a2c")
 OFF_POLICY = ("sac", "td3", "dqn")
+# families whose convolutions run faster in channels_last on CPU (measured: experiments/bench_speed.py)
+CHANNELS_LAST_FAMILIES = ("baseline", "mobilenetv4", "mobilenetv4_seed")
 
 
 def check_image_space(space: spaces.Space, normalized_image: bool = False) -> None:
@@ -87,13 +90,25 @@ class VisionExtractor(BaseFeaturesExtractor):
     :param preprocess_weights: weights saved by experiments/train_sr.py (loaded with ``weights_only=True``).
     :param freeze_preprocess: run the stage reparameterized, in eval mode, without autograd (default); False trains it
         end to end with the RL loss.
+    :param channels_last: keep the backbone's weights and its input in channels_last memory format (faster
+        convolutions on CPU); default: on for the convolutional families, off for the transformers.
+    :param inference_copy: in eval mode without autograd (SB3's rollouts and ``predict``) run a frozen twin of the
+        extractor instead (:class:`rlvision.inference.InferenceCopy`: BatchNorm folded, channels_last,
+        ``torch.inference_mode``), re-synced only when the training weights changed. Same outputs up to rounding.
+        It switches on (``inference_copy_active``) the first time the extractor is put in train mode, so it serves
+        the networks SB3 trains; SB3's target networks, which stay in eval mode and are updated in place through
+        ``.data`` (invisible to the change tracking), keep the plain path. For a loaded model used only for
+        inference, set ``extractor.inference_copy_active = True``.
+    :param compile: run the backbone through ``torch.compile`` in training (needs a C++ compiler; the first
+        minibatch compiles for a minute or more; pays only for long runs, see BENCHMARKS.md).
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
 
     def __init__(self, observation_space: spaces.Box, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
                  normalized_image: bool = False, pool: str | int | None = None, preprocess: str | None = None,
                  preprocess_kwargs: dict[str, Any] | None = None, preprocess_weights: str | None = None,
-                 freeze_preprocess: bool = True, **backbone_kwargs: Any):
+                 freeze_preprocess: bool = True, channels_last: bool | None = None, inference_copy: bool = True,
+                 compile: bool = False, **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         info = backbone_info(backbone)
         channels, height, width = observation_space.shape
@@ -114,7 +129,7 @@ class VisionExtractor(BaseFeaturesExtractor):
         if self.freeze_preprocess:
             stage.requires_grad_(False)
             stage.eval().reparameterize()
-            self.register_load_state_dict_post_hook(VisionExtractor._fuse_after_load)
+        self.register_load_state_dict_post_hook(VisionExtractor._after_load)
         self.backbone = net
         map_shape = net.feature_shape(height, width)
         if len(map_shape) == 1:  # the backbone already pools (e.g. Conformer's two branches): (B, D)
@@ -123,21 +138,48 @@ class VisionExtractor(BaseFeaturesExtractor):
             self.pool = SpatialPool(info.default_pool if pool is None else pool, *map_shape[1:])
             n_features = self.pool.out_features(*map_shape)
         self.linear = nn.Sequential(nn.Linear(n_features, features_dim), nn.ReLU())
+        self.channels_last = info.family in CHANNELS_LAST_FAMILIES if channels_last is None else channels_last
+        self._set_memory_format(torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.inference_copy = inference_copy
+        self.inference_copy_active = False
+        self._inference = InferenceCopy(self, self.channels_last, prepare=_plain_forward) if inference_copy else None
+        self._compiled = _Compiled(self.backbone) if compile else None
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float in [0, 1] -> (B, features_dim)."""
+        if self.inference_copy_active and self.inference_copy and not self.training and not torch.is_grad_enabled():
+            return self._inference(observations)
         if self.preprocess is not None:
             if self.freeze_preprocess:
                 with torch.no_grad():
                     observations = self.preprocess.forward_stack(observations)
             else:
                 observations = self.preprocess.forward_stack(observations)
-        return self.linear(self.pool(self.backbone.forward_features(observations)))
+        if self.channels_last:
+            observations = observations.contiguous(memory_format=torch.channels_last)
+        features = self._compiled(observations) if self._compiled is not None else self.backbone.forward_features(
+            observations)
+        return self.linear(self.pool(features))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("_inference", "_compiled"):  # helpers, not submodules: out of state_dict and parameters()
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _set_memory_format(self, memory_format: torch.memory_format) -> None:
+        for module in self.backbone.modules():
+            for param in module.parameters(recurse=False):
+                if param.dim() == 4:
+                    param.data = param.data.contiguous(memory_format=memory_format)
 
     @staticmethod
-    def _fuse_after_load(module: "VisionExtractor", _incompatible) -> None:
-        """Loaded weights reset the frozen stage's fused kernels; fuse them again from the new weights."""
-        module.preprocess.reparameterize()
+    def _after_load(module: "VisionExtractor", _incompatible) -> None:
+        """Loaded weights reset the frozen stage's fused kernels: fuse them again; the inference copy re-syncs."""
+        if module.freeze_preprocess:
+            module.preprocess.reparameterize()
+        if module._inference is not None:
+            module._inference.mark_stale()
 
     def _children_but_frozen_stage(self):
         return (c for c in self.children() if not (self.freeze_preprocess and c is self.preprocess))
@@ -145,6 +187,9 @@ class VisionExtractor(BaseFeaturesExtractor):
     def train(self, mode: bool = True) -> "VisionExtractor":
         """Like nn.Module.train, but a frozen preprocessing stage stays in eval mode (and reparameterized)."""
         self.training = mode
+        self.inference_copy_active |= mode
+        if mode and getattr(self, "_inference", None) is not None:
+            self._inference.mark_stale()  # training may change weights in ways version counters miss (fused Adam)
         for child in self._children_but_frozen_stage():
             child.train(mode)
         return self
@@ -152,10 +197,37 @@ class VisionExtractor(BaseFeaturesExtractor):
     def apply(self, fn):
         """Like nn.Module.apply, but skips a frozen preprocessing stage: SB3 re-initialises the extractor with
         ``apply(init_weights)`` after building it, which would overwrite the stage's trained weights."""
+        if self.channels_last:  # initialisers such as orthogonal_ view weights as contiguous
+            self._set_memory_format(torch.contiguous_format)
         for child in self._children_but_frozen_stage():
             child.apply(fn)
         fn(self)
+        if self.channels_last:
+            self._set_memory_format(torch.channels_last)
         return self
+
+
+def _plain_forward(extractor: VisionExtractor) -> None:
+    """Switch off the inference copy of an extractor's own twin (the twin runs the plain path)."""
+    extractor.inference_copy = False
+    extractor._inference = None
+    extractor._compiled = None
+
+
+class _Compiled:
+    """``torch.compile(backbone.forward_features)``, compiled on first use; a deep copy starts uncompiled."""
+
+    def __init__(self, backbone: nn.Module):
+        self.backbone, self.fn = backbone, None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fn is None:
+            self.fn = torch.compile(self.backbone.forward_features)
+        return self.fn(x)
+
+    def __deepcopy__(self, memo: dict) -> "_Compiled":
+        import copy
+        return _Compiled(copy.deepcopy(self.backbone, memo))
 
 
 class VisionCombinedExtractor(BaseFeaturesExtractor):
@@ -188,12 +260,15 @@ class VisionCombinedExtractor(BaseFeaturesExtractor):
 
 def policy_kwargs(backbone: str = "mobilenetv4_nano", algo: str = "ppo", features_dim: int = 256,
                   observation_space: spaces.Space | None = None, normalized_image: bool = False,
-                  pool: str | int | None = None, net_arch: Any = None, **backbone_kwargs: Any) -> dict[str, Any]:
+                  pool: str | int | None = None, net_arch: Any = None, fused_optimizer: bool = True,
+                  **backbone_kwargs: Any) -> dict[str, Any]:
     """What SB3's ``policy_kwargs`` wants to use ``backbone`` as the encoder of ``algo``.
 
     On-policy (PPO, A2C): one extractor shared by actor and critic (SB3's default). SAC/TD3: separate actor and
     critic extractors (SB3's default; SB3's shared mode would train the encoder through the actor loss only).
     DQN takes no ``share_features_extractor`` key. Pass ``observation_space`` to get the Dict extractor for Dict spaces.
+    ``fused_optimizer``: Adam with ``fused=True`` (one kernel for all parameters; on CPU torch otherwise updates
+    them one by one, 5-8x slower) for the Adam-based algorithms, keeping SB3's other defaults (PPO's eps=1e-5).
     """
     algo = algo.lower()
     if algo not in ON_POLICY + OFF_POLICY:
@@ -209,6 +284,8 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano", algo: str = "ppo", feature
         kwargs["share_features_extractor"] = True
     elif algo in ("sac", "td3"):
         kwargs["share_features_extractor"] = False
+    if fused_optimizer and algo != "a2c":  # SB3's A2C uses RMSprop
+        kwargs["optimizer_kwargs"] = dict(eps=1e-5, fused=True) if algo == "ppo" else dict(fused=True)
     if normalized_image:
         kwargs["normalize_images"] = False
     if net_arch is not None:

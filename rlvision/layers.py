@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("bn", "gn", "ln", "none")
+NORMS = ("bn", "frozen_bn", "gn", "ln", "none")
 ACTS = ("relu", "silu", "gelu", "mish", "none")
 
 
@@ -17,14 +18,29 @@ def group_count(channels: int, per_group: int = 8) -> int:
     return groups
 
 
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that always normalises with its stored statistics, in train mode too, and never updates them.
+
+    Trained from scratch the statistics stay (0, 1), so it is a learned per-channel affine map ``weight * x + bias``
+    that behaves the same in rollouts (eval) and PPO updates (train) and folds into the conv before it.
+    Statistics loaded from a checkpoint are used as they are. (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """Normalisation over a (B, C, H, W) map.
 
-    ``bn`` BatchNorm2d, ``gn`` GroupNorm with C//8 groups, ``ln`` GroupNorm with one group (LayerNorm over C, H, W),
-    ``none`` Identity.
+    ``bn`` BatchNorm2d (batch statistics in train mode, running ones in eval mode), ``frozen_bn``
+    :class:`FrozenBatchNorm2d`, ``gn`` GroupNorm with C//8 groups, ``ln`` GroupNorm with one group (LayerNorm over
+    C, H, W), ``none`` Identity. See README "Normalisation in RL" for which to pick.
     """
     if kind == "bn":
         return nn.BatchNorm2d(channels)
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d(channels)
     if kind == "gn":
         return nn.GroupNorm(group_count(channels), channels)
     if kind == "ln":
@@ -48,7 +64,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
                  norm: str = "bn", act: str = "relu", bias: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=bias)
         self.norm = make_norm(norm, out_chs)
         self.act = make_act(act)
 

@@ -44,9 +44,16 @@ def test_save_load_gives_identical_actions(algo, tmp_path):
     model.save(tmp_path / "m.zip")
     loaded = type(model).load(tmp_path / "m.zip", env=env)
     obs = np.stack([env.observation_space.sample() for _ in range(8)])
-    a, _ = model.predict(obs, deterministic=True)
-    b, _ = loaded.predict(obs, deterministic=True)
-    np.testing.assert_array_equal(a, b)
+    # the trained model acts through its inference copy; a loaded one uses it once told it will only act (README).
+    # Both paths agree to rounding, which can flip a near-tie of a barely trained policy, so compare like with like.
+    owner = {"sac": lambda m: m.policy.actor, "dqn": lambda m: m.policy.q_net}.get(algo, lambda m: m.policy)
+    extractors = [owner(m).features_extractor for m in (model, loaded)]
+    for active in (True, False):
+        for extractor in extractors:
+            extractor.inference_copy_active = active
+        a, _ = model.predict(obs, deterministic=True)
+        b, _ = loaded.predict(obs, deterministic=True)
+        np.testing.assert_array_equal(a, b)
 
 
 def test_replay_buffer_too_large_is_refused_with_fix():

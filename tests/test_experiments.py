@@ -1,6 +1,7 @@
 import json
 import os
 
+import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -46,10 +47,10 @@ def test_train_script_rejects_unknown_keys(tmp_path):
 
 def test_compare_backbones_writes_table_and_runs(tmp_path):
     rows = compare_backbones.main(["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 36, grid: 3}",
-                                   "--backbones", "nature_cnn,mobilenetv4_custom", "--steps", "128", "--n-envs", "2",
+                                   "--backbones", "nature_cnn,mobilenetv4_custom[norm=frozen_bn]", "--steps", "128", "--n-envs", "2",
                                    "--hyperparams", "{n_steps: 32, batch_size: 32}", "--eval-episodes", "2",
                                    "--measure-overhead", "--logdir", str(tmp_path), "--no-progress"])
-    assert [r["backbone"] for r in rows] == ["nature_cnn", "mobilenetv4_custom"]
+    assert [r["backbone"] for r in rows] == ["nature_cnn", "mobilenetv4_custom[norm=frozen_bn]"]
     for row in rows:
         assert row["fps"] > 0 and row["params"] > 0 and row["mflops"] > 0 and 0 <= row["success_rate"] <= 1
         assert abs(sum(row[p] for p in PHASES) - 1) < 0.01
@@ -60,3 +61,21 @@ def test_compare_backbones_writes_table_and_runs(tmp_path):
     assert "mobilenetv4_custom" in table and "Env alone" in table
     assert (tmp_path / "summary.csv").read_text().startswith("backbone,")
     assert (tmp_path / "phases.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_backbone_specs_take_options():
+    assert compare_backbones.parse_backbones("nature_cnn, mobilenetv4_nano_rl[norm=gn,channels_last=false],x") == [
+        ("nature_cnn", {}), ("mobilenetv4_nano_rl", {"norm": "gn", "channels_last": False}), ("x", {})]
+    with pytest.raises(ValueError, match="key=value"):
+        compare_backbones.parse_backbones("nature_cnn[fast]")
+
+
+def test_bench_speed_prints_both_tables(tmp_path):
+    from experiments import bench_speed
+    bench_speed.main(["--backbones", "mobilenetv4_nano_rl", "--train-backbones", "nature_cnn", "--input", "4x48x48",
+                      "--rollout-batch", "2", "--train-batch", "4", "--rounds", "2", "--train-rounds", "1",
+                      "--no-compile", "--out", str(tmp_path)])
+    text = (tmp_path / "speed.md").read_text()
+    assert "| mobilenetv4_nano_rl |" in text and "| nature_cnn | channels_last |" in text
+    same_actions = text.split("| mobilenetv4_nano_rl |")[1].split("|")[4].strip()
+    assert same_actions == "1.000"

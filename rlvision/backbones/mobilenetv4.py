@@ -248,10 +248,11 @@ class MobileNetV4(Backbone):
 # --- the seed repository's variants ------------------------------------------------------------------------------
 
 def seed_specs(base_channels: int, expanded_channels: int, squeezed_channels: int, num_heads: int,
-               downsample: bool, fused: int, uib_extradw: int, se_uib: int, se_mqa: int) -> list[tuple]:
-    """Block specs of a seed variant: stride-1 stem, FusedIBs, [UIB+ExtraDW], [SE+UIB], [SE+MobileMQA]; one width."""
+               downsample: bool, fused: int, uib_extradw: int, se_uib: int, se_mqa: int,
+               stem_stride: int = 1) -> list[tuple]:
+    """Block specs of a seed variant: stem, stride-2 FusedIBs, [UIB+ExtraDW], [SE+UIB], [SE+MobileMQA]; one width."""
     c, exp = base_channels, expanded_channels / base_channels
-    return ([("conv", c, 3, 1)] + [("fused", c, exp, 3, 2)] * fused
+    return ([("conv", c, max(3, stem_stride), stem_stride)] + [("fused", c, exp, 3, 2)] * fused
             + [("uib", c, exp, 5, 0, 1, 1), ("uib", c, exp, 5, 3, 1, 1)] * uib_extradw
             + [("se", squeezed_channels), ("uib", c, exp, 5, 0, 1, 1)] * se_uib
             + [("se", squeezed_channels), ("cmqa", num_heads, downsample)] * se_mqa)
@@ -262,18 +263,19 @@ def mobilenetv4_custom(in_channels: int = 3, num_classes: int = 0, base_channels
                        downsample: bool = True, hidden_dim_classifier: int = 64, dropout: float = 0.2,
                        FusedIBs: int = 1, UIB_and_ExtraDWs: int = 1, SE_and_UIBs: int = 1,  # noqa: N803 (seed names)
                        SE_and_MobileMQAs: int = 1, norm: str = "gn", act: str = "silu", residual: bool = False,
-                       head_norm: str = "bn") -> MobileNetV4:
+                       head_norm: str = "bn", stem_stride: int = 1) -> MobileNetV4:
     """The seed's configurable network, with the seed README's keyword arguments.
 
     RL options (defaults are the seed's): ``residual=True`` adds skips where a block keeps its shape (the seed has
     none); ``head_norm="gn"`` replaces the head's BatchNorm1d, which fails on a batch of one in train mode;
-    ``norm``/``act`` swap GroupNorm/SiLU.
+    ``norm``/``act`` swap GroupNorm/SiLU; ``stem_stride`` > 1 shrinks every feature map (kernel max(3, stride));
+    the seed's stride-1 stem keeps the input resolution, which is what makes it slow on 84x84 frames.
     """
     if base_channels % num_heads:
         raise ValueError(f"base_channels ({base_channels}) must be divisible by num_heads ({num_heads}).")
     squeezed = max(1, int(base_channels * squeeze_ratio))
     specs = seed_specs(base_channels, expanded_channels, squeezed, num_heads, downsample,
-                       FusedIBs, UIB_and_ExtraDWs, SE_and_UIBs, SE_and_MobileMQAs)
+                       FusedIBs, UIB_and_ExtraDWs, SE_and_UIBs, SE_and_MobileMQAs, stem_stride)
     style = replace(SEED_STYLE, norm=norm, act=act, residual=residual)
     return MobileNetV4(specs, in_channels, num_classes, style, ("seed", hidden_dim_classifier, dropout, head_norm))
 
@@ -285,6 +287,16 @@ SEED_VARIANTS = {
     "medium": (96, 192, 8, False, 2, 5, 6, 3, 1024, 0.2),
     "large": (224, 512, 14, False, 3, 6, 5, 3, 1280, 0.2),
     "hybrid_large": (384, 768, 16, True, 3, 7, 6, 4, 1280, 0.3),
+}
+
+
+# RL presets for 64-96 px frames: a seed variant with these changes. A 4x4 stride-4 stem (as NatureCNN's first
+# layer) puts the blocks on 21x21 -> 6x6 maps instead of 84x84 -> 21x21 (about 1/16 of the activations); residuals
+# where a block keeps its shape; GroupNorm head (works at batch 1). Norm and activation: see README "Normalisation
+# in RL" and BENCHMARKS.md for the measurements behind the choice.
+RL_PRESETS = {
+    "nano_rl": ("nano", dict(stem_stride=4, norm="bn", act="relu", residual=True, head_norm="gn")),
+    "small_rl": ("small", dict(stem_stride=4, norm="bn", act="relu", residual=True, head_norm="gn")),
 }
 
 
@@ -360,6 +372,13 @@ def _register() -> None:
                           min_input_size=min(max(2 ** (fi + 4 * ds), 8), 32),
                           description=f"seed MobileNet-v4 {name}: width {c}, stride-1 stem, GroupNorm+SiLU",
                           **_seed_kwargs(row))
+    for name, (seed, changes) in RL_PRESETS.items():
+        c, _, _, ds, fi, *_ = SEED_VARIANTS[seed]
+        stride = changes["stem_stride"] * 2 ** (fi + ds)
+        register_backbone(f"mobilenetv4_{name}", mobilenetv4_custom, family="mobilenetv4_seed",
+                          min_input_size=stride, description=f"RL preset of seed {seed}: width {c}, stride-"
+                          f"{changes['stem_stride']} stem, {changes['norm']}+{changes['act']}, residuals",
+                          **{**_seed_kwargs(SEED_VARIANTS[seed]), **changes})
     register_backbone("mobilenetv4_custom", mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=8,
                       description="seed MobileNet-v4 builder with the seed README's keyword arguments")
     for variant in PAPER_VARIANTS:

@@ -1,0 +1,138 @@
+"""What rlvision's speed path buys, measured side by side in one process (issue 6).
+
+    python experiments/bench_speed.py --backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl,mnv4_conv_small
+
+1. Rollout forward at batch 8: the encoder in plain eval mode (contiguous weights, ``torch.no_grad``, what SB3 does
+   with any extractor) against rlvision's inference path (the extractor's InferenceCopy: BatchNorm folded,
+   channels_last, ``torch.inference_mode``). The two are timed in alternation, call by call, so machine drift hits
+   both alike; medians. Also: the largest output difference and whether a random linear policy head picks the same
+   action from both on every observation.
+2. Forward+backward at batch 256 (train mode) for each formulation of the training model: plain (NCHW),
+   channels_last, ``torch.compile``, both; alternated the same way. Compile time is reported apart.
+Prints markdown tables and writes them to ``<out>/speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import rlvision  # noqa: E402
+from experiments.compare_backbones import markdown_table  # noqa: E402
+
+
+def alternate(fns: dict[str, callable], rounds: int) -> dict[str, float]:
+    """Median milliseconds per call of each function, calling them in turn ``rounds`` times after one warm-up."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int) -> dict:
+    """Plain eval forward vs the inference path for one encoder, same weights, same observations."""
+    plain = rlvision.VisionExtractor(space, name, channels_last=False, inference_copy=False)
+    fast = rlvision.VisionExtractor(space, name)
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics, as after some training
+        plain.train()(torch.rand(64, *space.shape))
+    fast.load_state_dict(plain.state_dict())
+    plain.eval(), fast.train().eval()
+    obs = torch.rand(batch, *space.shape)
+    head = torch.randn(fast.features_dim, 6)  # a random 6-action linear policy head
+    with torch.no_grad():
+        times = alternate({"plain": lambda: plain(obs), "fast": lambda: fast(obs)}, rounds)
+        checks = torch.rand(256, *space.shape)
+        a, b = plain(checks), fast(checks)
+    return dict(backbone=name, plain_eval_ms=round(times["plain"], 2), inference_path_ms=round(times["fast"], 2),
+                ratio=round(times["fast"] / times["plain"], 2), max_abs_diff=f"{(a - b).abs().max().item():.1e}",
+                same_actions=f"{((a @ head).argmax(1) == (b @ head).argmax(1)).float().mean().item():.3f}",
+                folded_bn=len(fast._inference.folds), resync_ms=round(1000 * timed(fast._inference.sync), 2))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def training_rows(name: str, space: spaces.Box, batch: int, rounds: int, compile_too: bool) -> list[dict]:
+    """Forward+backward of the training model in each formulation; the same weights and batch for all."""
+    variants = {"plain": dict(channels_last=False), "channels_last": dict(channels_last=True)}
+    if compile_too:
+        variants.update({"compile": dict(channels_last=False, compile=True),
+                         "channels_last+compile": dict(channels_last=True, compile=True)})
+    x = torch.rand(batch, *space.shape)
+    models, steps, first_call = {}, {}, {}
+    for label, kwargs in variants.items():
+        model = rlvision.VisionExtractor(space, name, inference_copy=False, **kwargs).train()
+        if models:
+            model.load_state_dict(next(iter(models.values())).state_dict())
+        models[label] = model
+
+        def step(model=model):
+            model.zero_grad(set_to_none=True)
+            model(x).sum().backward()
+        steps[label] = step
+        first_call[label] = timed(step)  # includes compilation for the compiled variants
+    times = alternate(steps, rounds)
+    base = times["plain"]
+    return [dict(backbone=name, formulation=label, fwd_bwd_ms=round(ms, 1), speedup=round(base / ms, 2),
+                 first_call_s=round(first_call[label], 1)) for label, ms in times.items()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl,mobilenetv4_small_rl,"
+                                               "mnv4_conv_small")
+    parser.add_argument("--train-backbones", default="nature_cnn,mobilenetv4_nano_rl,mnv4_conv_small",
+                        help="backbones for the forward+backward table ('' to skip it)")
+    parser.add_argument("--input", default="4x84x84", help="CxHxW")
+    parser.add_argument("--rollout-batch", type=int, default=8)
+    parser.add_argument("--train-batch", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=60, help="alternations for the rollout table")
+    parser.add_argument("--train-rounds", type=int, default=5)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile formulations")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="runs/bench-speed")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = tuple(int(v) for v in args.input.lower().split("x"))
+    space = spaces.Box(0, 255, shape, np.uint8)
+    torch.manual_seed(0)
+
+    rollout = []
+    for name in filter(None, args.backbones.split(",")):
+        rollout.append(rollout_row(name, space, args.rollout_batch, args.rounds))
+        print(rollout[-1], flush=True)
+    training = []
+    for name in filter(None, args.train_backbones.split(",")):
+        training += training_rows(name, space, args.train_batch, args.train_rounds, not args.no_compile)
+        print(training[-1], flush=True)
+
+    text = (f"Rollout forward, batch {args.rollout_batch}, input {args.input}, {torch.get_num_threads()} threads "
+            f"(median of {args.rounds} alternating calls):\n\n{markdown_table(rollout)}\n")
+    if training:
+        text += (f"\nForward+backward, batch {args.train_batch}, train mode (median of {args.train_rounds} "
+                 f"alternating calls):\n\n{markdown_table(training)}\n")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "speed.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

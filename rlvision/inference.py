@@ -1,0 +1,120 @@
+"""An inference-only twin of a module for rollouts: BatchNorm folded into convs, channels_last, inference_mode,
+re-synced from the training weights only when they have changed (once per rollout in PPO)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+
+def foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """Names of (Conv2d, BatchNorm2d) pairs that follow each other in an ``nn.Sequential`` (e.g. ConvNormAct), so
+    the norm can be folded into the conv for inference. BatchNorm without running statistics is left out."""
+    pairs = []
+    for name, seq in module.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        children = list(seq.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
+                    and conv.out_channels == bn.num_features):
+                prefix = f"{name}." if name else ""
+                pairs.append((prefix + conv_name, prefix + bn_name))
+    return pairs
+
+
+class InferenceCopy:
+    """A frozen, folded copy of ``source`` that follows its weights.
+
+    Call it like the source (in eval mode, without autograd): it re-syncs first when :meth:`mark_stale` was called
+    since the last sync (the owner calls it on every switch to train mode and after ``load_state_dict``) or when a
+    parameter or buffer changed in a way tensor version counters and storage pointers see (``copy_``, ``.to()``,
+    a foreach optimizer step; a few microseconds to check). Fused optimizers and writes through ``.data`` do not bump
+    version counters, hence the explicit marking. Then it runs the copy under ``torch.inference_mode``. Its outputs
+    equal the source's in eval mode up to float rounding.
+
+    Not a submodule of anything: it never shows up in ``state_dict``, ``parameters()`` or the optimizer.
+
+    :param source: the training module (kept by reference).
+    :param channels_last: store 4D weights and feed inputs in channels_last (faster convolutions on CPU).
+    :param prepare: called on the fresh deep copy before folding (e.g. to switch off the source's own fast path).
+    """
+
+    def __init__(self, source: nn.Module, channels_last: bool = True, prepare=None):
+        self.source = source
+        self.channels_last = channels_last
+        self.prepare = prepare
+        self.model: nn.Module | None = None
+        self._signature: list | None = None
+        self.stale = True
+        self.syncs = 0
+
+    def mark_stale(self) -> None:
+        """The source's weights may change: re-sync before the next call."""
+        self.stale = True
+
+    def __deepcopy__(self, memo: dict) -> "InferenceCopy":
+        """A deep copy of the source gets a fresh, empty twin of its own (built on first use)."""
+        return InferenceCopy(copy.deepcopy(self.source, memo), self.channels_last, self.prepare)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [*self.source.parameters(), *self.source.buffers()]
+
+    def _current_signature(self) -> list:
+        return [(t._version, t.data_ptr()) for t in self._tensors()]
+
+    def _build(self) -> None:
+        # hooks (the profiler's, a user's) stay on the source: the copy starts with empty hook dicts
+        memo = {id(hooks): type(hooks)() for module in self.source.modules() for name, hooks in vars(module).items()
+                if name.endswith("_hooks") or "_hooks_" in name}
+        model = copy.deepcopy(self.source, memo)
+        if self.prepare is not None:
+            self.prepare(model)
+        self.folds = []
+        src_modules = dict(self.source.named_modules())
+        for conv_name, bn_name in foldable_pairs(model):
+            conv = model.get_submodule(conv_name)
+            if conv.bias is None:
+                conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
+            parent_name, _, child = bn_name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, nn.Identity())
+            self.folds.append((conv, src_modules[conv_name], src_modules[bn_name]))
+        model.eval().requires_grad_(False)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        dst = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        src = {**dict(self.source.named_parameters()), **dict(self.source.named_buffers())}
+        folded = {id(conv.weight) for conv, _, _ in self.folds} | {id(conv.bias) for conv, _, _ in self.folds}
+        self.copies = [(dst[name], src[name]) for name in dst if id(dst[name]) not in folded]
+        self.model = model
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Copy the source's current weights into the copy (folding BatchNorm again)."""
+        if self.model is None or self._signature is None or len(self._signature) != len(self._tensors()):
+            self._build()
+        for dst, src in self.copies:
+            dst.copy_(src)
+        for conv, src_conv, bn in self.folds:
+            weight, bias = fuse_conv_bn_weights(src_conv.weight, src_conv.bias, bn.running_mean, bn.running_var,
+                                                bn.eps, bn.weight, bn.bias)
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias)
+        self._signature = self._current_signature()
+        self.stale = False
+        self.syncs += 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stale or self._signature != self._current_signature():
+            device = next(self.source.parameters()).device
+            if self.model is not None and next(self.model.parameters()).device != device:
+                self.model = None  # moved with .to(device): rebuild there
+            self.sync()
+        with torch.inference_mode():
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.model(x)
+        return out.clone()  # a normal tensor: SB3 may use it in later autograd graphs (DQN/SAC targets)

@@ -3,6 +3,7 @@
 from . import synthetic  # noqa: F401  (registers SyntheticPixel-v0 and SyntheticPixelContinuous-v0)
 from .factory import env_family, make_env
 from .synthetic import SyntheticPixelEnv
+from .vector import VectorEnvAdapter, make_native_atari
 from .wrappers import VecLowRes, downscale
 
-__all__ = ["SyntheticPixelEnv", "VecLowRes", "downscale", "env_family", "make_env"]
+__all__ = ["SyntheticPixelEnv", "VectorEnvAdapter", "make_native_atari", "VecLowRes", "downscale", "env_family", "make_env"]

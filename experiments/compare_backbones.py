@@ -35,7 +35,8 @@ from rlvision.profiler import PHASES, ThroughputProfiler, count_flops  # noqa: E
 
 
 def make(args: argparse.Namespace, n_envs: int, seed: int):
-    return make_env(args.env, n_envs=n_envs, seed=seed, env_kwargs=args.env_kwargs, low_res=args.low_res)
+    return make_env(args.env, n_envs=n_envs, seed=seed, env_kwargs=args.env_kwargs, low_res=args.low_res,
+                    backend=args.backend)
 
 
 def parse_backbones(text: str) -> list[tuple[str, dict]]:
@@ -82,7 +83,7 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
     label = backbone + ("[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
     label += "" if not stage or stage == "none" else f"+{stage.partition(':')[0]}"
     env = make(args, args.n_envs, args.seed)
-    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed,
+    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, device=args.device,
                        backbone_kwargs=encoder_kwargs(args, stage, options), **args.hyperparams)
     model.set_logger(configure_logger(os.path.join(args.logdir, label), ["tensorboard"]))  # no "_1" suffix
     encoder = model.policy.features_extractor
@@ -95,6 +96,9 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
     row = dict(backbone=label, params=sum(p.numel() for p in encoder.parameters()),
                mflops=round(count_flops(encoder, obs) / 1e6, 1), steps=model.num_timesteps,
                seconds=round(seconds, 1), fps=round(model.num_timesteps / seconds, 1))
+    if model.ep_info_buffer:  # SB3's rollout/ep_rew_mean at the end of training (last 100 episodes)
+        row.update(ep_rew_mean=round(float(np.mean([e["r"] for e in model.ep_info_buffer])), 2),
+                   episodes=len(model.ep_info_buffer))
     row.update({p: round(s[f"{p}_share"], 3) for p in PHASES})
     row.update(rollout_sps=round(s["rollout_sps"], 1), train_samples_per_s=round(s["train_samples_per_s"], 1),
                peak_memory_mb=round(s["peak_memory_mb"]))
@@ -118,7 +122,7 @@ def measure_overhead(args: argparse.Namespace, backbone: str, stage: str | None,
                      chunks: int = 4) -> dict:
     """FPS with and without the profiler, training one model in alternating chunks so machine drift cancels."""
     env = make(args, args.n_envs, args.seed)
-    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed,
+    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, device=args.device,
                        backbone_kwargs=encoder_kwargs(args, stage, options), **args.hyperparams)
     model.set_logger(configure_logger(None, []))
     chunk = max(args.steps // chunks, getattr(model, "n_steps", 1) * args.n_envs)
@@ -197,6 +201,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "'bicubic,flexnet_rl:runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt'")
     parser.add_argument("--preprocess-scale", type=int, default=2)
     parser.add_argument("--low-res", type=int, default=None, help="shrink observations by this factor")
+    parser.add_argument("--backend", default="native", choices=["native", "python"],
+                        help="Atari: ale-py's C++ vector env (native) or SB3's Python wrappers")
+    parser.add_argument("--device", default="auto", help="torch device for the agent (auto: cuda if available)")
     parser.add_argument("--algo", default="ppo")
     parser.add_argument("--steps", type=int, default=4096)
     parser.add_argument("--n-envs", type=int, default=8)

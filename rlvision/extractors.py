@@ -99,6 +99,9 @@ class VisionExtractor(BaseFeaturesExtractor):
         the networks SB3 trains; SB3's target networks, which stay in eval mode and are updated in place through
         ``.data`` (invisible to the change tracking), keep the plain path. For a loaded model used only for
         inference, set ``extractor.inference_copy_active = True``.
+    :param cuda_graph: on CUDA, the inference copy replays its forward from a CUDA graph captured once per input
+        shape (a rollout forward at batch 8 is launch-bound on a GPU: 10x faster for the mobile backbones, see
+        BENCHMARKS.md); falls back to eager, with a warning, if capture fails. No effect on CPU.
     :param compile: run the backbone through ``torch.compile`` in training (needs a C++ compiler; the first
         minibatch compiles for a minute or more; pays only for long runs, see BENCHMARKS.md).
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
@@ -108,7 +111,7 @@ class VisionExtractor(BaseFeaturesExtractor):
                  normalized_image: bool = False, pool: str | int | None = None, preprocess: str | None = None,
                  preprocess_kwargs: dict[str, Any] | None = None, preprocess_weights: str | None = None,
                  freeze_preprocess: bool = True, channels_last: bool | None = None, inference_copy: bool = True,
-                 compile: bool = False, **backbone_kwargs: Any):
+                 compile: bool = False, cuda_graph: bool = True, **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         info = backbone_info(backbone)
         channels, height, width = observation_space.shape
@@ -142,7 +145,8 @@ class VisionExtractor(BaseFeaturesExtractor):
         self._set_memory_format(torch.channels_last if self.channels_last else torch.contiguous_format)
         self.inference_copy = inference_copy
         self.inference_copy_active = False
-        self._inference = InferenceCopy(self, self.channels_last, prepare=_plain_forward) if inference_copy else None
+        self._inference = (InferenceCopy(self, self.channels_last, prepare=_plain_forward, cuda_graph=cuda_graph)
+                           if inference_copy else None)
         self._compiled = _Compiled(self.backbone) if compile else None
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:

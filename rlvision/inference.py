@@ -1,9 +1,16 @@
-"""An inference-only twin of a module for rollouts: BatchNorm folded into convs, channels_last, inference_mode,
-re-synced from the training weights only when they have changed (once per rollout in PPO)."""
+"""The rollout fast path, for any module (nothing here knows SB3).
+
+- :class:`InferenceCopy`: an inference-only twin of a module: BatchNorm folded into convs, channels_last,
+  ``torch.inference_mode``, re-synced from the training weights only when they have changed (once per rollout in
+  PPO). On CUDA its forward is captured once per input shape in a CUDA graph and replayed.
+- :class:`CudaGraphRunner`: capture-once, replay-many for any module whose forward is capturable. A small forward
+  at the rollout batch is bound by kernel launches (a MobileNet launches ~100 of them); a replay launches one.
+"""
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -26,6 +33,71 @@ def foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+class CudaGraphRunner:
+    """Replay ``module(x)`` from a CUDA graph captured for each input shape, under ``torch.inference_mode``.
+
+    The graph reads the module's parameters and buffers where they are: change them only in place (``copy_``) and
+    every graph stays valid; after replacing a tensor or moving the module, call :meth:`reset`. The returned tensor
+    is the graph's static output, overwritten by the next replay of that shape: clone it to keep it. At most
+    ``max_shapes`` shapes are kept (then the oldest is dropped). All graphs share one memory pool.
+    If capturing fails (an op that cannot be captured, e.g. one that synchronises with the host), the runner
+    raises the capture error once; callers fall back to eager execution (see :class:`InferenceCopy`).
+
+    :param module: any module; its forward must be a pure function of ``x`` and its tensors.
+    :param warmup: eager calls on a side stream before capture (cuDNN picks its algorithms there).
+    """
+
+    def __init__(self, module: nn.Module, max_shapes: int = 8, warmup: int = 2):
+        self.module, self.max_shapes, self.warmup = module, max_shapes, warmup
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.pool = None
+        self.captures = 0
+
+    def reset(self) -> None:
+        """Drop every graph (after the module's tensors were replaced rather than updated in place)."""
+        self.graphs.clear()
+        self.pool = None
+
+    def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        static_in = torch.empty_like(x)
+        static_in.copy_(x)
+        stream = torch.cuda.Stream(device=x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(self.warmup):
+                self.module(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # a capture that fails part-way leaves the CUDA RNG marked as capturing, and every later random op (SB3's
+        # action sampling) would fail: keep a copy of its state to put back
+        generator = torch.cuda.default_generators[x.device.index if x.device.index is not None
+                                                  else torch.cuda.current_device()]
+        rng_state = generator.clone_state()
+        try:
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+                static_out = self.module(static_in)
+        except Exception:
+            generator.graphsafe_set_state(rng_state)
+            torch.cuda.synchronize(x.device)
+            raise
+        if self.pool is None:
+            self.pool = graph.pool()
+        self.captures += 1
+        return graph, static_in, static_out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.max_shapes:
+                self.graphs.pop(next(iter(self.graphs)))
+            entry = self.graphs[key] = self._capture(x)
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+
 class InferenceCopy:
     """A frozen, folded copy of ``source`` that follows its weights.
 
@@ -41,13 +113,20 @@ class InferenceCopy:
     :param source: the training module (kept by reference).
     :param channels_last: store 4D weights and feed inputs in channels_last (faster convolutions on CPU).
     :param prepare: called on the fresh deep copy before folding (e.g. to switch off the source's own fast path).
+    :param cuda_graph: on CUDA inputs, replay the copy's forward from a CUDA graph per input shape
+        (:class:`CudaGraphRunner`; re-syncs copy weights in place, so graphs survive them). If capture fails, a
+        warning says why and the copy runs eagerly from then on, with the same results.
     """
 
-    def __init__(self, source: nn.Module, channels_last: bool = True, prepare=None):
+    def __init__(self, source: nn.Module, channels_last: bool = True, prepare=None, cuda_graph: bool = True):
         self.source = source
         self.channels_last = channels_last
         self.prepare = prepare
+        self.cuda_graph = cuda_graph
+        self.graphs: CudaGraphRunner | None = None
+        self.graph_error: str | None = None
         self.model: nn.Module | None = None
+        self._source_tensors: list[torch.Tensor] = []
         self._signature: list | None = None
         self.stale = True
         self.syncs = 0
@@ -58,13 +137,15 @@ class InferenceCopy:
 
     def __deepcopy__(self, memo: dict) -> "InferenceCopy":
         """A deep copy of the source gets a fresh, empty twin of its own (built on first use)."""
-        return InferenceCopy(copy.deepcopy(self.source, memo), self.channels_last, self.prepare)
+        return InferenceCopy(copy.deepcopy(self.source, memo), self.channels_last, self.prepare, self.cuda_graph)
 
     def _tensors(self) -> list[torch.Tensor]:
         return [*self.source.parameters(), *self.source.buffers()]
 
     def _current_signature(self) -> list:
-        return [(t._version, t.data_ptr()) for t in self._tensors()]
+        """Version counter and storage of each source tensor (the tensor list is collected at sync time: walking
+        the module tree on every call would cost more than a CUDA-graph replay of the forward)."""
+        return [(t._version, t.data_ptr()) for t in self._source_tensors]
 
     def _build(self) -> None:
         # hooks (the profiler's, a user's) stay on the source: the copy starts with empty hook dicts
@@ -90,6 +171,7 @@ class InferenceCopy:
         folded = {id(conv.weight) for conv, _, _ in self.folds} | {id(conv.bias) for conv, _, _ in self.folds}
         self.copies = [(dst[name], src[name]) for name in dst if id(dst[name]) not in folded]
         self.model = model
+        self.graphs = CudaGraphRunner(model) if self.cuda_graph else None
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -103,18 +185,29 @@ class InferenceCopy:
                                                 bn.eps, bn.weight, bn.bias)
             conv.weight.copy_(weight)
             conv.bias.copy_(bias)
+        self._source_tensors = self._tensors()
         self._signature = self._current_signature()
         self.stale = False
         self.syncs += 1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.stale or self._signature != self._current_signature():
-            device = next(self.source.parameters()).device
-            if self.model is not None and next(self.model.parameters()).device != device:
+            src, dst = self._tensors(), [*self.model.parameters(), *self.model.buffers()] if self.model else []
+            if src and dst and src[0].device != dst[0].device:
                 self.model = None  # moved with .to(device): rebuild there
             self.sync()
         with torch.inference_mode():
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = self.model(x)
+            if x.is_cuda and self.graphs is not None and self.graph_error is None:
+                try:
+                    out = self.graphs(x)
+                except Exception as error:  # noqa: BLE001  (any capture failure: run eagerly, same results)
+                    self.graph_error = f"{type(error).__name__}: {error}"
+                    self.graphs.reset()
+                    warnings.warn(f"CUDA graph capture failed, the inference copy runs eagerly: {self.graph_error}",
+                                  RuntimeWarning, stacklevel=2)
+                    out = self.model(x)
+            else:
+                out = self.model(x)
         return out.clone()  # a normal tensor: SB3 may use it in later autograd graphs (DQN/SAC targets)

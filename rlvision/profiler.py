@@ -246,14 +246,14 @@ class ThroughputProfiler(BaseCallback):
 
 @torch.no_grad()
 def count_flops(module: nn.Module, example: torch.Tensor) -> int:
-    """FLOPs of one eval-mode forward of ``module(example)`` (torch.utils.flop_counter: 2 per multiply-add)."""
-    was_training = module.training
-    module.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            module(example)
-    finally:
-        module.train(was_training)
+    """FLOPs of one eval-mode forward of ``module(example)`` (torch.utils.flop_counter: 2 per multiply-add), counted
+    on a CPU copy: the count does not depend on the device, and on CUDA the counter missed or repeated kernels
+    of a module that had run there (seen on an H100: 0 or 3x)."""
+    import copy
+
+    twin = copy.deepcopy(module).cpu().eval()
+    with FlopCounterMode(display=False) as counter:
+        twin(example.cpu())
     return counter.get_total_flops()
 
 

@@ -7,7 +7,34 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+HAS_CUDA = torch.cuda.is_available()
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> str:
+    """Every available device: the CPU always, CUDA when present (skipped, with the reason, when not)."""
+    if request.param == "cuda" and not HAS_CUDA:
+        pytest.skip("no CUDA device on this machine")
+    return request.param
+
+
+@pytest.fixture
+def exact_cuda():
+    """Full float32 on CUDA for the test (TF32 off for cuDNN convolutions and matmuls), where exactness is the
+    point; the settings are restored afterwards. No effect on CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def tolerance(device: str) -> dict:
+    """atol/rtol for comparing two float32 formulations of one network on ``device`` at its current precision:
+    float32 rounding (CPU, or CUDA with TF32 off), or TF32's 10-bit mantissa in cuDNN convolutions (CUDA default)."""
+    tf32 = device == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+    return dict(atol=2e-2, rtol=2e-2) if tf32 else dict(atol=1e-5, rtol=1e-4)

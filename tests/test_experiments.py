@@ -77,5 +77,6 @@ def test_bench_speed_prints_both_tables(tmp_path):
                       "--no-compile", "--out", str(tmp_path)])
     text = (tmp_path / "speed.md").read_text()
     assert "| mobilenetv4_nano_rl |" in text and "| nature_cnn | channels_last |" in text
-    same_actions = text.split("| mobilenetv4_nano_rl |")[1].split("|")[4].strip()
-    assert same_actions == "1.000"
+    header = [c.strip() for c in text.split("| backbone |")[1].split("\n")[0].split("|")]
+    row = [c.strip() for c in text.split("| mobilenetv4_nano_rl |")[1].split("\n")[0].split("|")]
+    assert row[header.index("same_actions")] == "1.000"

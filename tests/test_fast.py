@@ -14,17 +14,18 @@ from envs import make_env
 from rlvision import VisionExtractor
 from rlvision.inference import InferenceCopy, foldable_pairs
 from rlvision.layers import FrozenBatchNorm2d
+from tests.conftest import HAS_CUDA, tolerance
 
 SPACE = spaces.Box(0, 255, (4, 84, 84), np.uint8)
 PRESETS = ["mobilenetv4_nano_rl", "mobilenetv4_small_rl"]
 
 
-def trained_bn_extractor(backbone: str, **kwargs) -> VisionExtractor:
+def trained_bn_extractor(backbone: str, device: str = "cpu", **kwargs) -> VisionExtractor:
     """An extractor whose BatchNorm running statistics are no longer (0, 1), so folding them is really tested."""
-    ext = VisionExtractor(SPACE, backbone, features_dim=32, **kwargs).train()
+    ext = VisionExtractor(SPACE, backbone, features_dim=32, **kwargs).to(device).train()
     with torch.no_grad():
         for _ in range(3):
-            ext(torch.rand(16, 4, 84, 84) * 2)
+            ext(torch.rand(16, 4, 84, 84, device=device) * 2)
     return ext.eval()
 
 
@@ -39,13 +40,13 @@ def plain_forward(ext: VisionExtractor, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("backbone", ["nature_cnn", "mobilenetv4_nano", "mnv4_conv_small", "mnv4_hybrid_medium",
                                       *PRESETS])
-def test_inference_copy_matches_eval_mode(backbone):
-    ext = trained_bn_extractor(backbone)
-    x = torch.rand(8, 4, 84, 84)
+def test_inference_copy_matches_eval_mode(backbone, device, exact_cuda):
+    ext = trained_bn_extractor(backbone, device)
+    x = torch.rand(8, 4, 84, 84, device=device)
     with torch.no_grad():
         fast = ext(x)
     assert ext._inference.syncs == 1
-    assert torch.allclose(fast, plain_forward(ext, x), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(fast, plain_forward(ext, x), **tolerance(device))
     pairs = foldable_pairs(ext)
     assert len(ext._inference.folds) == len(pairs) and foldable_pairs(ext._inference.model) == []
     assert (len(pairs) > 0) == (backbone not in ("nature_cnn", "mobilenetv4_nano"))  # no BatchNorm in those two
@@ -74,30 +75,31 @@ def test_inference_copy_only_without_autograd_in_eval_mode_after_training_mode()
     assert ext._inference.syncs == 0
 
 
-def test_resync_after_a_training_step_picks_up_new_weights():
-    ext = trained_bn_extractor("mobilenetv4_nano_rl")
-    x = torch.rand(8, 4, 84, 84)
+def test_resync_after_a_training_step_picks_up_new_weights(device, exact_cuda):
+    ext = trained_bn_extractor("mobilenetv4_nano_rl", device)
+    x = torch.rand(8, 4, 84, 84, device=device)
     with torch.no_grad():
         before = ext(x)
         ext(x)
     assert ext._inference.syncs == 1  # unchanged weights: no re-sync
     optimizer = torch.optim.Adam(ext.parameters(), lr=1e-2)
     ext.train()
-    ext(torch.rand(16, 4, 84, 84)).sum().backward()
+    ext(torch.rand(16, 4, 84, 84, device=device)).sum().backward()
     optimizer.step()
     ext.eval()
     with torch.no_grad():
         after = ext(x)
     assert ext._inference.syncs == 2
     assert not torch.allclose(before, after, atol=1e-4)
-    assert torch.allclose(after, plain_forward(ext, x), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(after, plain_forward(ext, x), **tolerance(device))
 
 
-def test_resync_after_a_fused_adam_step_in_sac():
-    """Fused Adam does not bump tensor version counters: the switch to train mode marks the copy stale instead."""
+def test_resync_after_a_fused_adam_step_in_sac(device):
+    """Fused Adam does not bump tensor version counters: the switch to train mode marks the copy stale instead.
+    At the device's default precision (TF32 convolutions on CUDA), hence the device's tolerance."""
     env = make_env("SyntheticPixelContinuous-v0", n_envs=1, seed=0, env_kwargs=dict(size=48))
     model = make_agent("sac", env, backbone="mobilenetv4_nano_rl", seed=0, buffer_size=200, learning_starts=20,
-                       batch_size=8)
+                       batch_size=8, device=device)
     model.learn(60)
     ext = model.policy.actor.features_extractor
     assert model.policy.actor.optimizer.defaults["fused"] and ext._inference.syncs > 1
@@ -105,20 +107,20 @@ def test_resync_after_a_fused_adam_step_in_sac():
     fast, _ = model.predict(obs, deterministic=True)
     ext.inference_copy = False
     plain, _ = model.predict(obs, deterministic=True)
-    np.testing.assert_allclose(fast, plain, atol=1e-5)
+    np.testing.assert_allclose(fast, plain, **tolerance(device))
     env.close()
 
 
-def test_resync_after_load_state_dict_and_polyak_update():
-    ext = trained_bn_extractor("mnv4_conv_small")
-    other = trained_bn_extractor("mnv4_conv_small")
-    x = torch.rand(4, 4, 84, 84)
+def test_resync_after_load_state_dict_and_polyak_update(device, exact_cuda):
+    ext = trained_bn_extractor("mnv4_conv_small", device)
+    other = trained_bn_extractor("mnv4_conv_small", device)
+    x = torch.rand(4, 4, 84, 84, device=device)
     with torch.no_grad():
         ext(x)
         ext.load_state_dict(other.state_dict())
-        assert torch.allclose(ext(x), plain_forward(other, x), atol=1e-5, rtol=1e-4)
+        assert torch.allclose(ext(x), plain_forward(other, x), **tolerance(device))
         polyak_update(ext.parameters(), other.parameters(), tau=0.5)  # in place, as SB3 updates target networks
-        assert torch.allclose(other(x), plain_forward(other, x), atol=1e-5, rtol=1e-4)
+        assert torch.allclose(other(x), plain_forward(other, x), **tolerance(device))
     assert ext._inference.syncs == 2 and other._inference.syncs == 1
 
 
@@ -133,9 +135,9 @@ def test_deepcopy_gets_its_own_inference_copy():
 
 
 @pytest.mark.parametrize("backbone", ["nature_cnn", "mobilenetv4_nano_rl"])
-def test_ppo_rollout_actions_equal_plain_eval_actions(backbone):
+def test_ppo_rollout_actions_equal_plain_eval_actions(backbone, device, exact_cuda):
     env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=dict(size=48))
-    model = make_agent("ppo", env, backbone=backbone, seed=0, n_steps=32, batch_size=32, n_epochs=1)
+    model = make_agent("ppo", env, backbone=backbone, seed=0, n_steps=32, batch_size=32, n_epochs=1, device=device)
     model.learn(64)
     ext = model.policy.features_extractor
     obs = np.stack([env.observation_space.sample() for _ in range(64)])
@@ -147,37 +149,37 @@ def test_ppo_rollout_actions_equal_plain_eval_actions(backbone):
     env.close()
 
 
-def test_dqn_online_network_uses_the_copy_and_target_network_does_not():
+def test_dqn_online_network_uses_the_copy_and_target_network_does_not(device, exact_cuda):
     """SB3 updates target networks in place through ``.data`` (invisible to version counters): they keep the plain
     path, while the online network that collects the rollouts uses the copy."""
     env = make_env("SyntheticPixel-v0", n_envs=1, seed=0, env_kwargs=dict(size=48))
     model = make_agent("dqn", env, backbone="mobilenetv4_nano_rl", seed=0, buffer_size=500, learning_starts=50,
-                       train_freq=4, target_update_interval=50)
+                       train_freq=4, target_update_interval=50, device=device)
     model.learn(200)
     target, online = model.policy.q_net_target.features_extractor, model.policy.q_net.features_extractor
     assert target._inference.syncs == 0 and not target.inference_copy_active
     assert online._inference.syncs >= 1
-    obs = torch.rand(4, 3, 48, 48)
+    obs = torch.rand(4, 3, 48, 48, device=device)
     online.eval()
     with torch.no_grad():
-        assert torch.allclose(online(obs), plain_forward(online, obs), atol=1e-5, rtol=1e-4)
+        assert torch.allclose(online(obs), plain_forward(online, obs), **tolerance(device))
         tensors = [*online.parameters(), *(b for b in online.buffers() if b.is_floating_point())]
         targets = [*target.parameters(), *(b for b in target.buffers() if b.is_floating_point())]
         polyak_update(tensors, targets, tau=1.0)
-        assert torch.allclose(target(obs), plain_forward(online, obs), atol=1e-5, rtol=1e-4)
+        assert torch.allclose(target(obs), plain_forward(online, obs), **tolerance(device))
     env.close()
 
 
 @pytest.mark.parametrize("backbone", ["nature_cnn", "mobilenetv4_nano_rl", "mnv4_conv_small"])
-def test_channels_last_training_matches_contiguous(backbone):
-    # float64: in float32 the two layouts round differently and train-mode BatchNorm at batch 8 amplifies that to
-    # ~1% in the stem's gradient; in float64 they agree to ~1e-13, so any real difference would show
-    cl = VisionExtractor(SPACE, backbone, features_dim=32, channels_last=True).double()
-    plain = VisionExtractor(SPACE, backbone, features_dim=32, channels_last=False).double()
+def test_channels_last_training_matches_contiguous(backbone, device):
+    # float64 (no TF32 on CUDA): in float32 the two layouts round differently and train-mode BatchNorm at batch 8
+    # amplifies that to ~1% in the stem's gradient; in float64 they agree to ~1e-13, so any real difference would show
+    cl = VisionExtractor(SPACE, backbone, features_dim=32, channels_last=True).double().to(device)
+    plain = VisionExtractor(SPACE, backbone, features_dim=32, channels_last=False).double().to(device)
     plain.load_state_dict(cl.state_dict())
     conv = next(m for m in cl.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    x = torch.rand(8, 4, 84, 84, dtype=torch.float64)
+    x = torch.rand(8, 4, 84, 84, dtype=torch.float64, device=device)
     a, b = cl(x), plain(x)
     assert torch.allclose(a, b, atol=1e-10)
     a.sum().backward()
@@ -186,16 +188,17 @@ def test_channels_last_training_matches_contiguous(backbone):
         assert torch.allclose(p.grad, q.grad, atol=1e-9 * (1 + q.grad.abs().max().item())), name
 
 
-def test_channels_last_survives_sb3_init_and_save_load(tmp_path):
+def test_channels_last_survives_sb3_init_and_save_load(tmp_path, device):
     env = make_env("SyntheticPixel-v0", n_envs=1, seed=0, env_kwargs=dict(size=48))
-    model = make_agent("ppo", env, backbone="mobilenetv4_nano_rl", seed=0, n_steps=16, batch_size=16, n_epochs=1)
+    model = make_agent("ppo", env, backbone="mobilenetv4_nano_rl", seed=0, n_steps=16, batch_size=16, n_epochs=1,
+                       device=device)
     ext = model.policy.features_extractor
     assert ext.channels_last
     conv = ext.backbone.features[0].conv
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     model.learn(16)
     model.save(tmp_path / "m.zip")
-    loaded = type(model).load(tmp_path / "m.zip", env=env)
+    loaded = type(model).load(tmp_path / "m.zip", env=env, device=device)
     obs = np.stack([env.observation_space.sample() for _ in range(8)])
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0],
                                   loaded.predict(obs, deterministic=True)[0])
@@ -215,16 +218,16 @@ def test_frozen_bn_is_the_same_in_train_and_eval_and_never_updates():
     assert torch.allclose(train_out, expected, atol=1e-6)
 
 
-def test_frozen_bn_backbone_folds_and_matches():
-    ext = trained_bn_extractor("mobilenetv4_nano_rl", norm="frozen_bn")
-    x = torch.rand(8, 4, 84, 84)
+def test_frozen_bn_backbone_folds_and_matches(device, exact_cuda):
+    ext = trained_bn_extractor("mobilenetv4_nano_rl", device, norm="frozen_bn")
+    x = torch.rand(8, 4, 84, 84, device=device)
     with torch.no_grad():
         ext.train()
         train_out = ext(x)
         ext.eval()
         fast = ext(x)
     assert len(ext._inference.folds) > 0
-    assert torch.allclose(fast, train_out, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(fast, train_out, **tolerance(device))
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -285,3 +288,71 @@ def test_fused_adam_keeps_sb3_defaults(algo):
     unfused = rlvision.policy_kwargs("nature_cnn", algo=algo, fused_optimizer=False)
     assert "optimizer_kwargs" not in unfused
     env.close()
+
+
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device on this machine")
+
+
+def test_no_cuda_graph_on_cpu():
+    ext = trained_bn_extractor("mobilenetv4_nano_rl")
+    with torch.no_grad():
+        ext(torch.rand(8, 4, 84, 84))
+    assert ext._inference.graphs.captures == 0 and ext._inference.graph_error is None
+
+
+@needs_cuda
+@pytest.mark.parametrize("backbone", ["nature_cnn", "mobilenetv4_nano_rl", "mnv4_conv_small"])
+def test_cuda_graph_replay_equals_eager_per_shape(backbone, exact_cuda):
+    ext = trained_bn_extractor(backbone, "cuda")
+    copy_ = ext._inference
+    with torch.no_grad():
+        for batch in (8, 8, 3, 8):
+            x = torch.rand(batch, 4, 84, 84, device="cuda")
+            fast = ext(x)
+            with torch.inference_mode():
+                eager = copy_.model(x.contiguous(memory_format=torch.channels_last) if copy_.channels_last else x)
+            assert torch.allclose(fast, eager, atol=1e-6, rtol=1e-5)
+            assert torch.allclose(fast, plain_forward(ext, x), **tolerance("cuda"))
+    assert copy_.graphs.captures == 2 and copy_.graph_error is None  # one graph per batch size, replayed after
+
+
+@needs_cuda
+def test_cuda_graph_stays_valid_across_resyncs(exact_cuda):
+    ext = trained_bn_extractor("mobilenetv4_nano_rl", "cuda")
+    x = torch.rand(8, 4, 84, 84, device="cuda")
+    optimizer = torch.optim.Adam(ext.parameters(), lr=1e-2, fused=True)
+    outputs = []
+    for _ in range(3):
+        with torch.no_grad():
+            outputs.append(ext(x))
+            assert torch.allclose(outputs[-1], plain_forward(ext, x), **tolerance("cuda"))
+        ext.train()
+        ext(torch.rand(16, 4, 84, 84, device="cuda")).sum().backward()
+        optimizer.step()
+        ext.eval()
+    assert ext._inference.syncs == 3 and ext._inference.graphs.captures == 1  # weights copied into the graph's tensors
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+
+
+class _HostSync(torch.nn.Module):
+    """A forward that reads a value back to the host: not capturable in a CUDA graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.linear(x) * float(x.abs().max().item() > 0)
+
+
+@needs_cuda
+def test_uncapturable_forward_falls_back_to_eager_with_a_warning():
+    net = _HostSync().cuda().eval()
+    twin = InferenceCopy(net, channels_last=False)
+    x = torch.rand(2, 4, device="cuda")
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        out = twin(x)
+    assert twin.graph_error is not None
+    torch.multinomial(torch.ones(2, 3, device="cuda"), 1)  # the CUDA RNG still works (SB3 samples actions with it)
+    with torch.no_grad():
+        assert torch.allclose(out, net(x)) and torch.allclose(twin(x), net(x))

@@ -159,18 +159,18 @@ def test_low_res_wrapper():
         make_env("SyntheticPixel-v0", low_res=2, low_res_interpolation="lanczos")
 
 
-def test_ppo_with_a_frozen_sr_stage_on_low_res_frames(tmp_path):
+def test_ppo_with_a_frozen_sr_stage_on_low_res_frames(tmp_path, device):
     env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=dict(size=64, grid=3), low_res=2)
     weights = tmp_path / "sr.pt"
     save_preprocess(create_preprocess("flexnet_rl", scale=2, channels=3), str(weights))
     model = make_agent("ppo", env, backbone="mobilenetv4_custom", seed=0, n_steps=32, batch_size=32, n_epochs=1,
                        backbone_kwargs=dict(preprocess="flexnet_rl", preprocess_kwargs=dict(scale=2),
-                                            preprocess_weights=str(weights)))
+                                            preprocess_weights=str(weights)), device=device)
     extractor = model.policy.features_extractor
     stage = extractor.preprocess
     assert stage.scale == 2 and not stage.training
     saved = torch.load(weights, weights_only=True)["state_dict"]  # SB3's orthogonal init must not overwrite them
-    assert all(torch.equal(saved[k], v) for k, v in stage.state_dict().items() if not k.endswith(".fused"))
+    assert all(torch.equal(saved[k], v.cpu()) for k, v in stage.state_dict().items() if not k.endswith(".fused"))
     before = {k: v.clone() for k, v in extractor.state_dict().items()}
     model.learn(128)
     after = extractor.state_dict()
@@ -178,7 +178,7 @@ def test_ppo_with_a_frozen_sr_stage_on_low_res_frames(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert not stage.training and all(m.deploy for m in stage.modules() if isinstance(m, OmniShift))
     model.save(tmp_path / "ppo.zip")
-    loaded = type(model).load(tmp_path / "ppo.zip", env=env)
+    loaded = type(model).load(tmp_path / "ppo.zip", env=env, device=device)
     obs = env.reset()
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0],
                                   loaded.predict(obs, deterministic=True)[0])

@@ -84,12 +84,14 @@ def _check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], me
 def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
                backbone_kwargs: dict[str, Any] | None = None, tensorboard_log: str | None = None,
                seed: int | None = None, verbose: int = 0, device: str = "auto", memory_fraction: float = 0.8,
-               **hyperparams: Any) -> BaseAlgorithm:
+               pretrained: str | None = None, freeze_backbone: bool = False, **hyperparams: Any) -> BaseAlgorithm:
     """An SB3 ``algo`` ("ppo", "a2c", "dqn", "sac", "td3") on ``env`` with the rlvision ``backbone`` as encoder.
 
     :param backbone_kwargs: passed to the backbone builder (and ``pool``/``normalized_image`` to the extractor).
     :param memory_fraction: replay-buffer algorithms refuse (ReplayBufferTooLarge) a buffer needing more than this
         fraction of available memory.
+    :param pretrained: a timm MobileNetV4 checkpoint for an ``mnv4_*`` backbone (README: "Pretrained encoders");
+        ``freeze_backbone=True`` keeps it frozen (see also ``rlvision.encode.VecEncode`` for PPO).
     :param hyperparams: override DEFAULTS[algo]; ``policy_kwargs`` entries are merged over the encoder's.
     """
     algo = algo.lower()
@@ -100,8 +102,20 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano", featu
                          f"A2C or DQN, or a continuous env (e.g. SyntheticPixelContinuous-v0, CarRacing-v3).")
     if algo == "dqn" and not isinstance(env.action_space, spaces.Discrete):
         raise ValueError(f"DQN needs a Discrete action space, got {env.action_space}; use SAC/TD3/PPO instead.")
+    backbone_kwargs = dict(backbone_kwargs or {})
+    if pretrained is not None:
+        backbone_kwargs["pretrained"] = pretrained
+    if freeze_backbone:
+        backbone_kwargs["freeze_backbone"] = True
     params = {**DEFAULTS[algo], **hyperparams}
     user_policy_kwargs = params.pop("policy_kwargs", None) or {}
+    space = env.observation_space
+    if isinstance(space, spaces.Box) and len(space.shape) == 1:  # features already (rlvision.encode.VecEncode)
+        pk = {k: v for k, v in vision_policy_kwargs("nature_cnn", algo=algo).items()
+              if k in ("optimizer_kwargs", "share_features_extractor")}
+        pk.update(user_policy_kwargs)
+        return ALGOS[algo]("MlpPolicy", env, policy_kwargs=pk, tensorboard_log=tensorboard_log, seed=seed,
+                           verbose=verbose, device=device, **params)
     pk = vision_policy_kwargs(backbone, algo=algo, features_dim=features_dim,
                               observation_space=env.observation_space, **(backbone_kwargs or {}))
     if algo == "a2c":

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rlvision  # noqa: E402
 from agents import evaluate_agent, make_agent  # noqa: E402
 from envs import make_env  # noqa: E402
+from rlvision.encode import VecEncode  # noqa: E402
 from rlvision.profiler import PHASES, ThroughputProfiler, count_flops  # noqa: E402
 
 
@@ -82,12 +83,17 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
     return its table row."""
     label = backbone + ("[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
     label += "" if not stage or stage == "none" else f"+{stage.partition(':')[0]}"
+    options = dict(options or {})
+    encode_once = options.pop("encode_once", False)  # a frozen encoder run once per env step (rlvision.encode)
     env = make(args, args.n_envs, args.seed)
+    obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32) / 255
+    if encode_once:
+        env = VecEncode(env, backbone, device=args.device, **options)
     model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, device=args.device,
                        backbone_kwargs=encoder_kwargs(args, stage, options), **args.hyperparams)
     model.set_logger(configure_logger(os.path.join(args.logdir, label), ["tensorboard"]))  # no "_1" suffix
-    encoder = model.policy.features_extractor
-    obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32, device=model.device) / 255
+    encoder = env.encoder if encode_once else model.policy.features_extractor
+    obs = obs.to(model.device)
     profiler = ThroughputProfiler()
     start = time.perf_counter()
     model.learn(args.steps, callback=profiler, progress_bar=not args.no_progress)
@@ -104,10 +110,12 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
                peak_memory_mb=round(s["peak_memory_mb"]))
     if args.eval_episodes:
         eval_env = make(args, 1, args.seed + 10_000)
+        if encode_once:
+            eval_env = VecEncode(eval_env, backbone, device=args.device, **options)
         result = evaluate_agent(model, eval_env, args.eval_episodes)
         row.update(eval_return=round(result["mean_return"], 3), success_rate=result["success_rate"])
         eval_env.close()
-    if args.measure_overhead:
+    if args.measure_overhead and not encode_once:
         row.update(measure_overhead(args, backbone, stage, options))
     env.close()
     with SummaryWriter(os.path.join(args.logdir, label)) as writer:
@@ -195,7 +203,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--env-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{size: 48}'")
     parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano",
                         help="comma-separated names, each with optional extractor/backbone options in brackets, e.g. "
-                             "'nature_cnn[channels_last=false,inference_copy=false],mobilenetv4_nano_rl[norm=gn]'")
+                             "'nature_cnn[channels_last=false,inference_copy=false],mobilenetv4_nano_rl[norm=gn]', "
+                             "'mnv4_conv_small[pretrained=model.safetensors,freeze_backbone=true]', or "
+                             "'mnv4_conv_small[pretrained=model.safetensors,encode_once=true]' (frozen encoder "
+                             "computed once per env step, MlpPolicy on its features)")
     parser.add_argument("--preprocess", default="none",
                         help="comma-separated stages name[:weights] run before each backbone, e.g. "
                              "'bicubic,flexnet_rl:runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt'")

@@ -14,6 +14,7 @@ from torch import nn
 
 from .inference import InferenceCopy
 from .preprocess import create_preprocess, load_preprocess
+from .pretrained import ImageNetNormalize
 from .registry import backbone_info, create_backbone
 
 ON_POLICY = ("ppo", "a2c")
@@ -104,6 +105,16 @@ class VisionExtractor(BaseFeaturesExtractor):
         BENCHMARKS.md); falls back to eager, with a warning, if capture fails. No effect on CPU.
     :param compile: run the backbone through ``torch.compile`` in training (needs a C++ compiler; the first
         minibatch compiles for a minute or more; pays only for long runs, see BENCHMARKS.md).
+    :param pretrained: path of a timm MobileNetV4 checkpoint for an ``mnv4_*`` backbone (:mod:`rlvision.pretrained`;
+        the stem is adapted to the channel count, ``pretrained_frames`` = "auto" | "rgb" | "grey"). Loaded weights are
+        never re-initialised (SB3 calls ``apply(init_weights)`` on extractors: the backbone is skipped).
+    :param imagenet_norm: subtract ImageNet's mean and divide by its std (per colour; luminance-weighted for grey
+        frames) after SB3's division by 255; default: on with ``pretrained``, off otherwise.
+    :param freeze_backbone: no gradients for the backbone and its BatchNorm statistics frozen (eval mode through
+        SB3's train/eval switches); the pool+linear head still trains. For PPO, ``rlvision.encode.VecEncode`` avoids
+        recomputing a frozen backbone in every epoch (BENCHMARKS.md).
+    :param backbone_lr_scale: the backbone's learning rate as a fraction of the policy's (fine-tuning); applied by
+        :class:`rlvision.optim.ScaledLRAdam`, which ``rlvision.policy_kwargs`` selects when this is not 1.
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
 
@@ -111,7 +122,9 @@ class VisionExtractor(BaseFeaturesExtractor):
                  normalized_image: bool = False, pool: str | int | None = None, preprocess: str | None = None,
                  preprocess_kwargs: dict[str, Any] | None = None, preprocess_weights: str | None = None,
                  freeze_preprocess: bool = True, channels_last: bool | None = None, inference_copy: bool = True,
-                 compile: bool = False, cuda_graph: bool = True, **backbone_kwargs: Any):
+                 compile: bool = False, cuda_graph: bool = True, pretrained: str | None = None,
+                 pretrained_frames: str = "auto", imagenet_norm: bool | None = None, freeze_backbone: bool = False,
+                 backbone_lr_scale: float = 1.0, **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         info = backbone_info(backbone)
         channels, height, width = observation_space.shape
@@ -123,7 +136,10 @@ class VisionExtractor(BaseFeaturesExtractor):
             if preprocess_weights:
                 load_preprocess(stage, preprocess_weights)
             height, width = height * stage.scale, width * stage.scale
-        net = create_backbone(backbone, in_channels=channels, **backbone_kwargs)
+        if not backbone_lr_scale > 0:
+            raise ValueError(f"backbone_lr_scale must be > 0, got {backbone_lr_scale}.")
+        net = create_backbone(backbone, in_channels=channels, pretrained=pretrained,
+                              pretrained_frames=pretrained_frames, **backbone_kwargs)
         net.check_input((1, channels, height, width))
         super().__init__(observation_space, features_dim)
         self.backbone_name = backbone
@@ -133,6 +149,15 @@ class VisionExtractor(BaseFeaturesExtractor):
             stage.requires_grad_(False)
             stage.eval().reparameterize()
         self.register_load_state_dict_post_hook(VisionExtractor._after_load)
+        self.pretrained = pretrained
+        self.normalize = (ImageNetNormalize(channels, pretrained_frames)
+                          if (pretrained is not None if imagenet_norm is None else imagenet_norm) else None)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            net.requires_grad_(False)
+            net.eval()
+        for param in net.parameters():
+            param.lr_scale = backbone_lr_scale  # read by rlvision.optim.ScaledLRAdam
         self.backbone = net
         map_shape = net.feature_shape(height, width)
         if len(map_shape) == 1:  # the backbone already pools (e.g. Conformer's two branches): (B, D)
@@ -159,6 +184,8 @@ class VisionExtractor(BaseFeaturesExtractor):
                     observations = self.preprocess.forward_stack(observations)
             else:
                 observations = self.preprocess.forward_stack(observations)
+        if self.normalize is not None:
+            observations = self.normalize(observations)
         if self.channels_last:
             observations = observations.contiguous(memory_format=torch.channels_last)
         features = self._compiled(observations) if self._compiled is not None else self.backbone.forward_features(
@@ -185,11 +212,13 @@ class VisionExtractor(BaseFeaturesExtractor):
         if module._inference is not None:
             module._inference.mark_stale()
 
-    def _children_but_frozen_stage(self):
-        return (c for c in self.children() if not (self.freeze_preprocess and c is self.preprocess))
+    def _children_but_frozen_stage(self, skip_pretrained: bool = False):
+        return (c for c in self.children() if not (self.freeze_preprocess and c is self.preprocess)
+                and not (c is self.backbone and (self.freeze_backbone or skip_pretrained and self.pretrained)))
 
     def train(self, mode: bool = True) -> "VisionExtractor":
-        """Like nn.Module.train, but a frozen preprocessing stage stays in eval mode (and reparameterized)."""
+        """Like nn.Module.train, but a frozen preprocessing stage (reparameterized) and a frozen backbone stay in
+        eval mode."""
         self.training = mode
         self.inference_copy_active |= mode
         if mode and getattr(self, "_inference", None) is not None:
@@ -199,11 +228,12 @@ class VisionExtractor(BaseFeaturesExtractor):
         return self
 
     def apply(self, fn):
-        """Like nn.Module.apply, but skips a frozen preprocessing stage: SB3 re-initialises the extractor with
-        ``apply(init_weights)`` after building it, which would overwrite the stage's trained weights."""
+        """Like nn.Module.apply, but skips a frozen preprocessing stage and a pretrained backbone: SB3
+        re-initialises the extractor with ``apply(init_weights)`` after building it, which would overwrite loaded
+        weights (SB3 issue #1971)."""
         if self.channels_last:  # initialisers such as orthogonal_ view weights as contiguous
             self._set_memory_format(torch.contiguous_format)
-        for child in self._children_but_frozen_stage():
+        for child in self._children_but_frozen_stage(skip_pretrained=True):
             child.apply(fn)
         fn(self)
         if self.channels_last:
@@ -290,6 +320,13 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano", algo: str = "ppo", feature
         kwargs["share_features_extractor"] = False
     if fused_optimizer and algo != "a2c":  # SB3's A2C uses RMSprop
         kwargs["optimizer_kwargs"] = dict(eps=1e-5, fused=True) if algo == "ppo" else dict(fused=True)
+    if backbone_kwargs.get("backbone_lr_scale", 1.0) != 1.0:
+        from .optim import ScaledLRAdam
+
+        if algo == "a2c":
+            raise ValueError("backbone_lr_scale needs an Adam-based algorithm (SB3's A2C uses RMSprop).")
+        kwargs["optimizer_class"] = ScaledLRAdam
+        kwargs.setdefault("optimizer_kwargs", dict(eps=1e-5) if algo == "ppo" else {})
     if normalized_image:
         kwargs["normalize_images"] = False
     if net_arch is not None:

@@ -122,16 +122,28 @@ def backbone_info(name: str) -> BackboneInfo:
     return lookup(_REGISTRY, name, "backbone")
 
 
-def create_backbone(name: str, in_channels: int = 3, num_classes: int = 0, **kwargs: Any) -> Backbone:
+def create_backbone(name: str, in_channels: int = 3, num_classes: int = 0, pretrained: str | None = None,
+                    pretrained_frames: str = "auto", **kwargs: Any) -> Backbone:
     """Build backbone ``name`` for ``in_channels`` input channels.
 
     ``num_classes=0`` (default) gives the headless feature mode used by the RL extractors; ``num_classes>0`` adds
     the variant's classifier head, as in the original paper or repository.
+    ``pretrained``: path of a timm MobileNetV4 checkpoint (``.safetensors``, ``.pth``, ``.bin``) for the ``mnv4_*``
+    configs (:mod:`rlvision.pretrained`); the stem is adapted to ``in_channels`` (``pretrained_frames``: "auto",
+    "rgb" or "grey", see :func:`rlvision.pretrained.adapt_stem`).
     """
     info = backbone_info(name)
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}.")
-    return info.builder(in_channels=in_channels, num_classes=num_classes, **{**info.defaults, **kwargs})
+    if pretrained is not None and not name.startswith("mnv4_"):
+        raise ValueError(f"pretrained weights load into the paper's MobileNet-v4 configs "
+                         f"({', '.join(list_backbones('mobilenetv4'))}), not {name!r}.")
+    model = info.builder(in_channels=in_channels, num_classes=num_classes, **{**info.defaults, **kwargs})
+    if pretrained is not None:
+        from .pretrained import load_timm_weights
+
+        load_timm_weights(model, name, pretrained, frames=pretrained_frames)
+    return model
 
 
 def count_parameters(module: nn.Module) -> int:

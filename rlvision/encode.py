@@ -1,0 +1,91 @@
+"""Pay for a frozen encoder once per observation: a VecEnv wrapper that turns images into features.
+
+With a frozen backbone inside the policy, PPO recomputes the same features in the rollout and again in every
+epoch of every minibatch (4 epochs with RL Zoo's Atari settings); replay-buffer algorithms recompute them for
+every sampled batch. :class:`VecEncode` runs the frozen encoder once per env step, batched over the envs under
+``torch.inference_mode``, so the algorithm sees flat feature vectors (use ``MlpPolicy``; replay buffers then hold
+features, not images) and trains only its heads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from .extractors import SpatialPool, check_image_space
+from .pretrained import ImageNetNormalize
+from .registry import backbone_info, create_backbone
+
+
+class FrozenEncoder(torch.nn.Module):
+    """uint8 (B, C, H, W) -> float (B, D): /255, optional ImageNet normalisation, a frozen backbone in eval mode,
+    the same spatial pooling the extractor would use."""
+
+    def __init__(self, observation_space: spaces.Box, backbone: str, pool: str | int | None = None,
+                 pretrained: str | None = None, pretrained_frames: str = "auto", imagenet_norm: bool | None = None,
+                 **backbone_kwargs: Any):
+        super().__init__()
+        check_image_space(observation_space)
+        channels, height, width = observation_space.shape
+        self.backbone = create_backbone(backbone, in_channels=channels, pretrained=pretrained,
+                                        pretrained_frames=pretrained_frames, **backbone_kwargs)
+        self.backbone.check_input((1, channels, height, width))
+        use_norm = pretrained is not None if imagenet_norm is None else imagenet_norm
+        self.normalize = ImageNetNormalize(channels, pretrained_frames) if use_norm else torch.nn.Identity()
+        map_shape = self.backbone.feature_shape(height, width)
+        if len(map_shape) == 1:
+            self.pool, self.features_dim = torch.nn.Identity(), map_shape[0]
+        else:
+            self.pool = SpatialPool(backbone_info(backbone).default_pool if pool is None else pool, *map_shape[1:])
+            self.features_dim = self.pool.out_features(*map_shape)
+        self.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "FrozenEncoder":
+        return super().train(False)  # frozen: BatchNorm statistics never update
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images.float() / 255)
+        return self.pool(self.backbone.forward_features(x))
+
+
+class VecEncode(VecEnvWrapper):
+    """Observations (n, C, H, W) uint8 -> (n, D) float32 features of a frozen encoder, computed once per step for
+    all envs in one batch (``terminal_observation`` too).
+
+    :param venv: a VecEnv with channel-first uint8 images (e.g. :func:`envs.make_env`).
+    :param backbone: a registered backbone name; ``backbone_kwargs`` (``pretrained=...``, ``pool=...``, ...) as for
+        :class:`FrozenEncoder`.
+    :param device: where the encoder runs ("auto": CUDA if available).
+    """
+
+    def __init__(self, venv: VecEnv, backbone: str, device: str = "auto", **backbone_kwargs: Any):
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if device == "auto" else device)
+        self.encoder = FrozenEncoder(venv.observation_space, backbone, **backbone_kwargs).to(self.device)
+        space = spaces.Box(-np.inf, np.inf, (self.encoder.features_dim,), np.float32)
+        super().__init__(venv, observation_space=space)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) uint8 -> (N, D) float32."""
+        return self.encoder(torch.as_tensor(images, device=self.device)).cpu().numpy()
+
+    def reset(self) -> np.ndarray:
+        return self.encode(self.venv.reset())
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        done = [i for i, info in enumerate(infos) if "terminal_observation" in info]
+        if done:
+            frames = np.stack([infos[i]["terminal_observation"] for i in done])
+            batch = self.encode(np.concatenate([obs, frames]))
+            obs = batch[: len(obs)]
+            for i, features in zip(done, batch[len(obs):]):
+                infos[i]["terminal_observation"] = features
+        else:
+            obs = self.encode(obs)
+        return obs, rewards, dones, infos

@@ -18,6 +18,7 @@ from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlvision import policy_kwargs as vision_policy_kwargs
+from rlvision.checks import accepted_keywords, check_int, check_keywords, check_range
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3}
 
@@ -63,7 +64,7 @@ def available_memory_bytes() -> int:
     return 1 << 62  # unknown: do not refuse
 
 
-def _check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], memory_fraction: float) -> None:
+def check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], memory_fraction: float) -> None:
     size = hyperparams["buffer_size"]
     optimize = hyperparams.get("optimize_memory_usage", False)
     need = replay_buffer_bytes(env.observation_space, size, optimize)
@@ -94,9 +95,14 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano", featu
         ``freeze_backbone=True`` keeps it frozen (see also ``rlvision.encode.VecEncode`` for PPO).
     :param hyperparams: override DEFAULTS[algo]; ``policy_kwargs`` entries are merged over the encoder's.
     """
-    algo = algo.lower()
+    algo = algo.lower() if isinstance(algo, str) else algo
     if algo not in ALGOS:
         raise ValueError(f"Unknown algo {algo!r}; choose one of {sorted(ALGOS)}.")
+    check_int("features_dim", features_dim)
+    check_range("memory_fraction", memory_fraction, 0.0, 1.0, low_open=True)
+    accepted = [k for k in accepted_keywords(ALGOS[algo].__init__) or []
+                if k not in ("self", "policy", "env", "_init_setup_model")]
+    check_keywords(hyperparams, accepted, f"make_agent({algo!r}) hyperparameters")
     if algo in ("sac", "td3") and not isinstance(env.action_space, spaces.Box):
         raise ValueError(f"{algo.upper()} needs a continuous (Box) action space, got {env.action_space}; use PPO, "
                          f"A2C or DQN, or a continuous env (e.g. SyntheticPixelContinuous-v0, CarRacing-v3).")
@@ -126,7 +132,7 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano", featu
         n = env.action_space.shape[0]
         params["action_noise"] = NormalActionNoise(np.zeros(n), 0.1 * np.ones(n))
     if "buffer_size" in params:
-        _check_replay_buffer(algo, env, params, memory_fraction)
+        check_replay_buffer(algo, env, params, memory_fraction)
     policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "CnnPolicy"
     if tensorboard_log:
         os.makedirs(tensorboard_log, exist_ok=True)

@@ -27,6 +27,8 @@ from stable_baselines3.common.preprocessing import is_image_space_channels_first
 from stable_baselines3.common.vec_env import (DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecTransposeImage,
                                               is_vecenv_wrapped)
 
+from rlvision.checks import check_int
+
 from .vector import VectorEnvAdapter, make_native_atari
 from .wrappers import VecLowRes
 
@@ -82,8 +84,14 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack: in
     :param low_res: shrink observations by this factor (2 or 4) with ``low_res_interpolation``
         ("area", "bilinear", "bicubic", "nearest"), e.g. to pair with a super-resolution stage in the extractor.
     """
-    if n_envs < 1:
-        raise ValueError(f"n_envs must be >= 1, got {n_envs}.")
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id must be a registered gymnasium id (e.g. 'ALE/Pong-v5'), got {env_id!r}.")
+    check_int("n_envs", n_envs)
+    check_int("frame_stack", frame_stack, minimum=0, allow_none=True)
+    check_int("low_res", low_res, allow_none=True)
+    check_int("minigrid_tile_size", minigrid_tile_size)
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise ValueError(f"env_kwargs must be a dict of keyword arguments for the env, got {env_kwargs!r}.")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
     if isinstance(vec_env_cls, str) and vec_env_cls not in VEC_ENV_CLASSES:

@@ -31,7 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rlvision  # noqa: E402
 from agents import evaluate_agent, make_agent  # noqa: E402
 from envs import make_env  # noqa: E402
+from rlvision.checks import accepted_keywords, check_keywords  # noqa: E402
 from rlvision.encode import VecEncode  # noqa: E402
+from rlvision.extractors import EXTRACTOR_KEYWORDS  # noqa: E402
 from rlvision.profiler import PHASES, ThroughputProfiler, count_flops  # noqa: E402
 
 
@@ -83,6 +85,8 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
     return its table row."""
     label = backbone + ("[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
     label += "" if not stage or stage == "none" else f"+{stage.partition(':')[0]}"
+    if args.threads:  # again here: a run in its own process starts with torch's default
+        torch.set_num_threads(args.threads)
     options = dict(options or {})
     encode_once = options.pop("encode_once", False)  # a frozen encoder run once per env step (rlvision.encode)
     env = make(args, args.n_envs, args.seed)
@@ -108,6 +112,8 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
     row.update({p: round(s[f"{p}_share"], 3) for p in PHASES})
     row.update(rollout_sps=round(s["rollout_sps"], 1), train_samples_per_s=round(s["train_samples_per_s"], 1),
                peak_memory_mb=round(s["peak_memory_mb"]))
+    if "cuda_peak_memory_mb" in s:
+        row["cuda_peak_memory_mb"] = round(s["cuda_peak_memory_mb"])
     if args.eval_episodes:
         eval_env = make(args, 1, args.seed + 10_000)
         if encode_once:
@@ -124,6 +130,16 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
                            {f"summary/{k}": float(v) for k, v in row.items()
                             if isinstance(v, (int, float)) and k != "steps"}, run_name=".")
     return row
+
+
+def run_isolated(args: argparse.Namespace, backbone: str, stage: str | None, options: dict | None) -> dict:
+    """:func:`run_one` in a fresh process, so its peak memory (``peak_memory_mb``: the process's peak resident
+    memory, imports included) is this run's alone and not inflated by what earlier runs left cached."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_one, args, backbone, stage, options).result()
 
 
 def measure_overhead(args: argparse.Namespace, backbone: str, stage: str | None, options: dict | None = None,
@@ -225,11 +241,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--logdir", default=None, help="default: runs/compare-<env>-<time>")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--same-process", dest="process_per_run", action="store_false",
+                        help="run every backbone in this process (faster start; peak_memory_mb then includes what "
+                             "earlier runs left cached)")
     args = parser.parse_args(argv)
     backbones = parse_backbones(args.backbones)
     stages = [p.strip() for p in args.preprocess.split(",") if p.strip()]
-    for name, _ in backbones:
-        rlvision.backbone_info(name)  # unknown names fail now, not after an hour of training
+    for option in ("steps", "n_envs"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    if args.eval_episodes < 0:
+        parser.error(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
+    for name, options in backbones:  # unknown names and options fail now, not after an hour of training
+        try:
+            check_keywords({k: v for k, v in options.items() if k != "encode_once"},
+                           accepted_keywords(rlvision.backbone_info(name).builder), f"--backbones entry {name!r}",
+                           extra=EXTRACTOR_KEYWORDS + ("encode_once",))
+        except ValueError as error:
+            parser.error(str(error))
     for stage in stages:
         if stage != "none":
             rlvision.preprocess_info(stage.partition(":")[0])
@@ -246,7 +275,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for stage in stages:
                 print(f"== {name} {options or ''} ({stage}): {args.algo.upper()} on {args.env}, {args.steps} steps, "
                       f"{args.n_envs} envs", flush=True)
-                rows.append(run_one(args, name, stage, options))
+                rows.append(run_isolated(args, name, stage, options) if args.process_per_run
+                            else run_one(args, name, stage, options))
                 print(json.dumps(rows[-1]), flush=True)
     except KeyboardInterrupt:
         print("Interrupted: writing the table of the runs that finished.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch import nn
 
 from .inference import InferenceCopy
 from .preprocess import create_preprocess, load_preprocess
+from .checks import accepted_keywords, check_int, check_keywords
 from .pretrained import ImageNetNormalize
 from .registry import backbone_info, create_backbone
 
@@ -127,6 +129,9 @@ class VisionExtractor(BaseFeaturesExtractor):
                  backbone_lr_scale: float = 1.0, **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         info = backbone_info(backbone)
+        check_int("features_dim", features_dim)
+        check_keywords(backbone_kwargs, accepted_keywords(info.builder), f"VisionExtractor with backbone {backbone!r}",
+                       extra=EXTRACTOR_KEYWORDS)
         channels, height, width = observation_space.shape
         stage = None
         if preprocess is not None:
@@ -241,6 +246,11 @@ class VisionExtractor(BaseFeaturesExtractor):
         return self
 
 
+# VisionExtractor's own keywords (everything else goes to the backbone builder)
+EXTRACTOR_KEYWORDS = tuple(name for name, p in inspect.signature(VisionExtractor.__init__).parameters.items()
+                           if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "observation_space"))
+
+
 def _plain_forward(extractor: VisionExtractor) -> None:
     """Switch off the inference copy of an extractor's own twin (the twin runs the plain path)."""
     extractor.inference_copy = False
@@ -307,7 +317,11 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano", algo: str = "ppo", feature
     algo = algo.lower()
     if algo not in ON_POLICY + OFF_POLICY:
         raise ValueError(f"Unknown algo {algo!r}; choose one of {ON_POLICY + OFF_POLICY}.")
-    backbone_info(backbone)  # fail early, with the list of known names
+    info = backbone_info(backbone)  # fail early, with the list of known names
+    check_int("features_dim", features_dim)
+    own = [k for k in EXTRACTOR_KEYWORDS if k not in ("features_dim", "normalized_image", "pool")]
+    check_keywords({k: v for k, v in backbone_kwargs.items() if k not in own}, accepted_keywords(info.builder),
+                   f"rlvision.policy_kwargs with backbone {backbone!r}", extra=tuple(own))
     extractor = VisionCombinedExtractor if isinstance(observation_space, spaces.Dict) else VisionExtractor
     kwargs: dict[str, Any] = dict(
         features_extractor_class=extractor,

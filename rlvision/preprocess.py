@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import accepted_keywords, check_keywords
 from .registry import lookup
 
 
@@ -108,6 +109,7 @@ def preprocess_info(name: str) -> PreprocessInfo:
 def create_preprocess(name: str, scale: int | None = None, channels: int = 3, **kwargs: Any) -> PreprocessStage:
     """Build stage ``name`` for ``channels``-channel frames, upscaling by ``scale`` (default: the stage's own)."""
     info = preprocess_info(name)
+    check_keywords(kwargs, accepted_keywords(info.builder), f"Preprocessing stage {name!r}")
     config = {**info.defaults, **kwargs, "channels": channels}
     if scale is not None:
         config["scale"] = scale

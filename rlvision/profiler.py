@@ -32,7 +32,9 @@ PHASES = ("env", "rollout_forward", "train_forward", "backward", "optimizer", "o
 
 def peak_memory_mb() -> float:
     """Peak resident memory of this process in MiB (since :func:`reset_peak_memory` where Linux allows it);
-    SubprocVecEnv workers are not included."""
+    SubprocVecEnv workers are not included. The count starts at the resident memory when reset, which includes
+    what earlier work in the process left cached: for a figure of one run alone, run it in its own process
+    (``compare_backbones.py`` does)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -92,7 +94,10 @@ class ThroughputProfiler(BaseCallback):
         self.totals = {**self._window, **self._counts}
         self._window_counts = dict(self._counts)
         self._train_batch = getattr(self.model, "batch_size", None) or self.model.n_steps * self.model.n_envs
-        reset_peak_memory()  # so peak_memory_mb is this run's, not an earlier run's in the same process
+        reset_peak_memory()  # restart the count at the current RSS (which still holds what earlier runs cached)
+        self._cuda_device = self.model.device if self.model.device.type == "cuda" else None
+        if self._cuda_device is not None:
+            torch.cuda.reset_peak_memory_stats(self._cuda_device)
         self._install_env_timer(self.training_env)
         self._install_forward_hooks(self.model.policy)
         self._install_backward_timer()
@@ -239,6 +244,8 @@ class ThroughputProfiler(BaseCallback):
         out["rollout_sps"] = t.get("env_steps", 0) / max(t.get("rollout", 0.0), 1e-9)
         out["train_samples_per_s"] = t.get("train_samples", 0) / max(t.get("train", 0.0), 1e-9)
         out["peak_memory_mb"] = peak_memory_mb()
+        if getattr(self, "_cuda_device", None) is not None:  # tensors this run allocated on the GPU, at their peak
+            out["cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(self._cuda_device) / 2**20
         return out
 
 

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .checks import accepted_keywords, check_keywords
+
 
 class Backbone(nn.Module):
     """Base class of every registered backbone.
@@ -138,6 +140,9 @@ def create_backbone(name: str, in_channels: int = 3, num_classes: int = 0, pretr
     if pretrained is not None and not name.startswith("mnv4_"):
         raise ValueError(f"pretrained weights load into the paper's MobileNet-v4 configs "
                          f"({', '.join(list_backbones('mobilenetv4'))}), not {name!r}.")
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: headless features), got {num_classes!r}.")
+    check_keywords(kwargs, accepted_keywords(info.builder), f"Backbone {name!r}")
     model = info.builder(in_channels=in_channels, num_classes=num_classes, **{**info.defaults, **kwargs})
     if pretrained is not None:
         from .pretrained import load_timm_weights

@@ -30,7 +30,7 @@ def test_train_script_from_yaml(tmp_path):
     assert result["steps"] == 128 and result["episodes"] == 3 and 0 <= result["success_rate"] <= 1
     assert (run / "model.zip").exists() and json.loads((run / "results.json").read_text())["steps"] == 128
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 1
-    assert len(list((run / "checkpoints").glob("model_*_steps.zip"))) == 2
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000000000064", "step_000000000128"]
     assert "train/loss" in scalar_tags(run)
 
 
@@ -49,7 +49,8 @@ def test_compare_backbones_writes_table_and_runs(tmp_path):
     rows = compare_backbones.main(["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 36, grid: 3}",
                                    "--backbones", "nature_cnn,mobilenetv4_custom[norm=frozen_bn]", "--steps", "128", "--n-envs", "2",
                                    "--hyperparams", "{n_steps: 32, batch_size: 32}", "--eval-episodes", "2",
-                                   "--measure-overhead", "--logdir", str(tmp_path), "--no-progress"])
+                                   "--measure-overhead", "--logdir", str(tmp_path), "--no-progress",
+                                   "--same-process"])
     assert [r["backbone"] for r in rows] == ["nature_cnn", "mobilenetv4_custom[norm=frozen_bn]"]
     for row in rows:
         assert row["fps"] > 0 and row["params"] > 0 and row["mflops"] > 0 and 0 <= row["success_rate"] <= 1
@@ -80,3 +81,16 @@ def test_bench_speed_prints_both_tables(tmp_path):
     header = [c.strip() for c in text.split("| backbone |")[1].split("\n")[0].split("|")]
     row = [c.strip() for c in text.split("| mobilenetv4_nano_rl |")[1].split("\n")[0].split("|")]
     assert row[header.index("same_actions")] == "1.000"
+
+
+def test_peak_memory_column_is_per_run(tmp_path):
+    """A memory-hungry run first (the seed nano at 84x84 keeps full-resolution activations) must not raise the
+    next, light run's figure: each run has its own process. In one process the light run inherits the cache."""
+    common = ["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 84, grid: 3}", "--steps", "32", "--n-envs", "2",
+              "--backbones", "mobilenetv4_nano,nature_cnn", "--hyperparams", "{n_steps: 16, batch_size: 32}",
+              "--no-progress"]
+    rows = compare_backbones.main(common + ["--logdir", str(tmp_path / "isolated")])
+    heavy, light = (r["peak_memory_mb"] for r in rows)
+    assert light < heavy - 150, (heavy, light)
+    same = compare_backbones.main(common + ["--logdir", str(tmp_path / "same"), "--same-process"])
+    assert same[1]["peak_memory_mb"] > light + 150  # what the column showed before: the earlier run's cache

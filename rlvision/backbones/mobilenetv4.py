@@ -21,6 +21,7 @@ variants (stride-1 stem, constant width, GroupNorm + SiLU after every conv, no r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -382,7 +383,7 @@ def _register() -> None:
     register_backbone("mobilenetv4_custom", mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=8,
                       description="seed MobileNet-v4 builder with the seed README's keyword arguments")
     for variant in PAPER_VARIANTS:
-        register_backbone(f"mnv4_{variant}", lambda variant=variant, **kw: mobilenetv4_paper(variant, **kw),
+        register_backbone(f"mnv4_{variant}", functools.partial(mobilenetv4_paper, variant),
                           family="mobilenetv4", min_input_size=32,
                           description=f"MobileNet-v4 {variant.replace('_', '-')} (Qin et al. 2024)")
 

@@ -1,0 +1,137 @@
+"""Checkpoints a run can be resumed from: complete or absent, never half-written, checked before use.
+
+A checkpoint is a folder ``<dir>/step_<N>/`` holding ``model.zip`` (weights, optimizer state, step count,
+schedules), ``replay_buffer.pkl`` for off-policy algorithms, ``vecnormalize.pkl`` when the env is normalised, and
+``meta.json`` (step, config hash, size and SHA-256 of every file). It is written under a temporary name and renamed
+in one step, so a process killed while writing leaves no broken ``step_*`` folder. :func:`latest_checkpoint` takes
+the newest one whose files match their hashes and whose config hash matches the run's; it says why it skips others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecNormalize
+
+from .factory import ALGOS
+
+
+def config_hash(config: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
+    """SHA-256 of the config (keys in ``ignore`` left out: what may change between a run and its resumption)."""
+    kept = {k: v for k, v in sorted(config.items()) if k not in ignore}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, keep: int = 3) -> str:
+    """Write ``directory/step_<N>`` atomically (temporary folder, then rename); keep the newest ``keep``."""
+    step = int(model.num_timesteps)
+    final = os.path.join(directory, f"step_{step:012d}")
+    tmp = os.path.join(directory, f".tmp-step_{step:012d}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model.save(os.path.join(tmp, "model.zip"))
+    if isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
+        model.save_replay_buffer(os.path.join(tmp, "replay_buffer.pkl"))
+    env = model.get_vec_normalize_env()
+    if env is not None:
+        env.save(os.path.join(tmp, "vecnormalize.pkl"))
+    files = {name: dict(size=os.path.getsize(os.path.join(tmp, name)), sha256=_digest(os.path.join(tmp, name)))
+             for name in sorted(os.listdir(tmp))}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(dict(step=step, config_hash=config_digest, algo=type(model).__name__, files=files), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(d for d in os.listdir(directory) if d.startswith("step_"))[:-keep]:
+        shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
+    return final
+
+
+def check_checkpoint(path: str, config_digest: str) -> str | None:
+    """None when ``path`` is complete and made by this config; otherwise why not."""
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as error:
+        return f"no readable meta.json ({error})"
+    if meta.get("config_hash") != config_digest:
+        return "made by another config (env, algo, backbone or hyperparameters differ)"
+    for name, expected in meta.get("files", {}).items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file) or os.path.getsize(file) != expected["size"] or _digest(file) != expected["sha256"]:
+            return f"{name} is missing, truncated or changed"
+    return None
+
+
+def latest_checkpoint(directory: str, config_digest: str, log=print) -> str | None:
+    """The newest complete checkpoint of this config under ``directory``; skipped ones are reported with ``log``."""
+    if not os.path.isdir(directory):
+        return None
+    for name in sorted((d for d in os.listdir(directory) if d.startswith("step_")), reverse=True):
+        path = os.path.join(directory, name)
+        problem = check_checkpoint(path, config_digest)
+        if problem is None:
+            return path
+        log(f"Skipping checkpoint {path}: {problem}; trying the one before.")
+    return None
+
+
+def load_checkpoint(path: str, algo: str, env, device: str = "auto") -> BaseAlgorithm:
+    """The model of checkpoint ``path`` on ``env`` (VecNormalize statistics restored onto a VecNormalize ``env``),
+    with its replay buffer for off-policy algorithms."""
+    vecnorm = os.path.join(path, "vecnormalize.pkl")
+    if os.path.isfile(vecnorm) and isinstance(env, VecNormalize):
+        env = VecNormalize.load(vecnorm, env.venv)
+    model = ALGOS[algo].load(os.path.join(path, "model.zip"), env=env, device=device)
+    buffer = os.path.join(path, "replay_buffer.pkl")
+    if os.path.isfile(buffer):
+        model.load_replay_buffer(buffer)
+    return model
+
+
+class CheckpointEvery(BaseCallback):
+    """Save a checkpoint (:func:`save_checkpoint`) once ``every`` env steps have passed, at the start of the next
+    rollout (after the update that followed the last one, so weights and step count agree), and when training ends."""
+
+    def __init__(self, every: int, directory: str, config_digest: str, keep: int = 3):
+        super().__init__()
+        self.every, self.directory, self.config_digest, self.keep = every, directory, config_digest, keep
+        self.last: str | None = None
+        self._saved_at = -1
+
+    def _on_training_start(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        self.next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _save(self) -> None:
+        self.last = save_checkpoint(self.model, self.directory, self.config_digest, self.keep)
+        self._saved_at = self.num_timesteps
+        self.next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.next:
+            self._save()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.num_timesteps != self._saved_at:
+            self._save()

@@ -1,0 +1,120 @@
+"""Runs survive interruption: atomic checkpoints, --resume after SIGKILL, PPO and SAC continue from their saved
+weights (SAC with its replay buffer), a corrupted latest checkpoint falls back to the one before."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.checkpoints import check_checkpoint, config_hash, latest_checkpoint, load_checkpoint
+from envs import make_env
+from experiments import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def settings(tmp_path, algo="ppo", steps=256, **extra):
+    env = "SyntheticPixelContinuous-v0" if algo == "sac" else "SyntheticPixel-v0"
+    hp = ({"buffer_size": 1000, "learning_starts": 32, "batch_size": 16} if algo == "sac"
+          else {"n_steps": 32, "batch_size": 32, "n_epochs": 1})
+    values = dict(env=env, env_kwargs="{size: 36, grid: 3}", n_envs=2, algo=algo, backbone="nature_cnn",
+                  steps=steps, checkpoint_every=64, eval_episodes=0, log_dir=str(tmp_path / "runs"), run_name="r",
+                  hyperparams="{" + ", ".join(f"{k}: {v}" for k, v in hp.items()) + "}")
+    values.update(extra)
+    return [arg for k, v in values.items() for arg in ("--set", f"{k}={v}")] + ["--no-progress"]
+
+
+def logged_steps(run_dir, tag="time/fps"):
+    steps = set()
+    for name in os.listdir(run_dir):
+        if name.startswith("events.out.tfevents"):
+            acc = EventAccumulator(os.path.join(run_dir, name))
+            acc.Reload()
+            if tag in acc.Tags()["scalars"]:
+                steps |= {e.step for e in acc.Scalars(tag)}
+    return sorted(steps)
+
+
+def test_killed_run_resumes_to_the_same_steps_without_a_gap(tmp_path):
+    argv = settings(tmp_path, steps=100_000)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "experiments", "train.py"), *argv], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "runs" / "r" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(checkpoints.glob("step_*"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list(checkpoints.glob("step_*"))) >= 2, "no checkpoint within 120 s"
+    assert not (tmp_path / "runs" / "r" / "model.zip").exists()  # killed: nothing saved at the end
+    with pytest.raises(SystemExit, match="already has checkpoints: pass --resume"):
+        train.main(settings(tmp_path, steps=512))  # no silent overwrite
+    result = train.main(settings(tmp_path, steps=512) + ["--resume"])
+    assert result["steps"] == 512 and result["resumed_from"] >= 128
+    steps = logged_steps(tmp_path / "runs" / "r")
+    assert steps[0] == 64 and steps[-1] == 512 and max(np.diff(steps)) <= 64  # every rollout logged, no gap
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_resume_continues_from_the_saved_weights(tmp_path, algo):
+    train.main(settings(tmp_path, algo, steps=128))
+    run = tmp_path / "runs" / "r"
+    cfg = train.load_config(None, [a for a in settings(tmp_path, algo, steps=128)[1::2]])
+    digest = config_hash(cfg, train.RESUMABLE_CHANGES)
+    latest = latest_checkpoint(str(run / "checkpoints"), digest)
+    assert latest.endswith("step_000000000128")
+    env = make_env(cfg["env"], n_envs=2, env_kwargs=cfg["env_kwargs"])
+    model = load_checkpoint(latest, algo, env)
+    final = type(model).load(run / "model.zip", env=env)
+    for a, b in zip(model.policy.state_dict().values(), final.policy.state_dict().values()):
+        assert torch.equal(a, b)  # the checkpoint at the last step holds the final weights
+    assert model.num_timesteps == 128
+    if algo == "sac":
+        assert model.replay_buffer.size() == 64  # 128 steps over 2 envs
+    optimizer = model.policy.optimizer if algo == "ppo" else model.actor.optimizer
+    assert len(optimizer.state) > 0  # Adam's moments came back too
+    result = train.main(settings(tmp_path, algo, steps=192) + ["--resume"])
+    assert result["resumed_from"] == 128 and result["steps"] == 192
+    env.close()
+
+
+def test_corrupted_or_foreign_checkpoints_are_skipped(tmp_path, capsys):
+    train.main(settings(tmp_path, steps=128))
+    checkpoints = tmp_path / "runs" / "r" / "checkpoints"
+    cfg = train.load_config(None, settings(tmp_path, steps=128)[1::2])
+    digest = config_hash(cfg, train.RESUMABLE_CHANGES)
+    newest = checkpoints / "step_000000000128"
+    data = (newest / "model.zip").read_bytes()
+    (newest / "model.zip").write_bytes(data[: len(data) // 2])  # a truncated write
+    assert "model.zip is missing, truncated or changed" in check_checkpoint(str(newest), digest)
+    assert latest_checkpoint(str(checkpoints), digest).endswith("step_000000000064")
+    assert "Skipping checkpoint" in capsys.readouterr().out
+    result = train.main(settings(tmp_path, steps=160) + ["--resume"])
+    assert result["resumed_from"] == 64
+    other = config_hash({**cfg, "backbone": "impala_cnn"}, train.RESUMABLE_CHANGES)
+    assert "another config" in check_checkpoint(str(checkpoints / "step_000000000064"), other)
+    with pytest.raises(SystemExit, match="no complete checkpoint of this config"):
+        train.main(settings(tmp_path, steps=256, backbone="impala_cnn") + ["--resume"])
+
+
+def test_vecnormalize_statistics_come_back(tmp_path):
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    train.main(settings(tmp_path, steps=128, normalize_reward=True))
+    latest = tmp_path / "runs" / "r" / "checkpoints" / "step_000000000128"
+    assert (latest / "vecnormalize.pkl").exists()
+    saved = VecNormalize.load(str(latest / "vecnormalize.pkl"), make_env("SyntheticPixel-v0", n_envs=2,
+                                                                         env_kwargs=dict(size=36, grid=3)))
+    env = VecNormalize(make_env("SyntheticPixel-v0", n_envs=2, env_kwargs=dict(size=36, grid=3)), norm_obs=False)
+    model = load_checkpoint(str(latest), "ppo", env)
+    restored = model.get_vec_normalize_env()
+    assert restored.ret_rms.count == saved.ret_rms.count > 100 and restored.ret_rms.var == pytest.approx(
+        saved.ret_rms.var)
+    result = train.main(settings(tmp_path, steps=192, normalize_reward=True) + ["--resume"])
+    assert result["resumed_from"] == 128

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_STEPS ?= 4096
 
-.PHONY: setup test demo bench bench-speed clean
+.PHONY: setup test demo bench bench-speed bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ bench-speed: $(STAMP)
 		--backbones 'nature_cnn,mobilenetv4_nano_rl,mobilenetv4_nano_rl[norm=frozen_bn],mobilenetv4_nano_rl[norm=gn]' \
 		--steps 40960 --eval-episodes 20 --logdir runs/bench-norms-minigrid \
 		--no-progress --hyperparams '{n_steps: 128, batch_size: 256, n_epochs: 4, learning_rate: 0.00025, ent_coef: 0.01}'
+
+# Issue 10/14 GPU figures (needs a CUDA machine; about 10 minutes, plus torch.compile's tuning if not skipped).
+SMALL_BACKBONES := nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
+bench-gpu: $(STAMP)
+	$(BIN)/python experiments/bench_speed.py --device cuda --backbones $(SMALL_BACKBONES) --train-backbones '' \
+		--rounds 100 --out runs/bench-gpu-rollout
+	$(BIN)/python experiments/bench_speed.py --device cuda --backbones '' \
+		--train-backbones mobilenetv4_nano_rl,nature_cnn --no-compile --train-rounds 20 --out runs/bench-gpu-train
+	$(BIN)/python experiments/compare_backbones.py --device cuda --env ALE/Pong-v5 --steps 16384 \
+		--backbones nature_cnn,mobilenetv4_nano_rl,mnv4_conv_small --logdir runs/bench-gpu-ppo --no-progress
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache

@@ -178,27 +178,27 @@ class VisionExtractor(BaseFeaturesExtractor):
         self._inference = (InferenceCopy(self, self.channels_last, prepare=_plain_forward, cuda_graph=cuda_graph)
                            if inference_copy else None)
         self._compiled = _Compiled(self.backbone) if compile else None
+        # the observation pipeline: stages in order, each (B, C, H, W) -> (B, C', H', W'); the modules stay registered
+        # under their own names (state_dict keys unchanged), the list only orders them
+        self.pipeline = [stage for stage in (
+            (FrozenStage(self.preprocess) if self.freeze_preprocess else self.preprocess.forward_stack)
+            if self.preprocess is not None else None,
+            self.normalize,
+            ToChannelsLast() if self.channels_last else None) if stage is not None]
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float in [0, 1] -> (B, features_dim)."""
+        """(B, C, H, W) float in [0, 1] -> (B, features_dim): the observation pipeline, the backbone, pool+linear;
+        in rollouts (eval mode, no autograd) the inference copy of all three instead."""
         if self.inference_copy_active and self.inference_copy and not self.training and not torch.is_grad_enabled():
             return self._inference(observations)
-        if self.preprocess is not None:
-            if self.freeze_preprocess:
-                with torch.no_grad():
-                    observations = self.preprocess.forward_stack(observations)
-            else:
-                observations = self.preprocess.forward_stack(observations)
-        if self.normalize is not None:
-            observations = self.normalize(observations)
-        if self.channels_last:
-            observations = observations.contiguous(memory_format=torch.channels_last)
+        for stage in self.pipeline:
+            observations = stage(observations)
         features = self._compiled(observations) if self._compiled is not None else self.backbone.forward_features(
             observations)
         return self.linear(self.pool(features))
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("_inference", "_compiled"):  # helpers, not submodules: out of state_dict and parameters()
+        if name in ("_inference", "_compiled", "pipeline"):  # helpers, not submodules: out of state_dict
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -244,6 +244,24 @@ class VisionExtractor(BaseFeaturesExtractor):
         if self.channels_last:
             self._set_memory_format(torch.channels_last)
         return self
+
+
+class FrozenStage:
+    """A preprocessing stage run without autograd (its weights are frozen): (B, C, H, W) -> (B, C, sH, sW)."""
+
+    def __init__(self, stage: nn.Module):
+        self.stage = stage
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.stage.forward_stack(x)
+
+
+class ToChannelsLast:
+    """(B, C, H, W) in channels_last memory format (a no-op when it already is)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 # VisionExtractor's own keywords (everything else goes to the backbone builder)

@@ -120,17 +120,18 @@ class VectorEnvAdapter(VecEnv):
             self._lives = lives.copy()
         if dones.any():
             final_obs = info.get("final_obs")
+            final_info = info.get("final_info")  # gymnasium: the last step's info of envs that ended (is_success)
+            final_infos = unbatch_info(final_info, self.num_envs) if isinstance(final_info, dict) else None
             now = time.time()
             for i in np.flatnonzero(dones):
                 if game_over[i]:
                     infos[i]["terminal_observation"] = final_obs[i]
                     infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-                    infos[i]["episode"] = {"r": float(self._returns[i]), "l": int(self._lengths[i]) * self.frames_per_step,
+                    infos[i]["episode"] = {"r": float(self._returns[i]),
+                                           "l": int(self._lengths[i]) * self.frames_per_step,
                                            "t": round(now - self._t0, 6)}
-                    final_info = info.get("final_info")
-                    if isinstance(final_info, dict):  # gymnasium: the last step's info, e.g. is_success
-                        infos[i].update({k: v for k, v in unbatch_info(final_info, self.num_envs)[i].items()
-                                         if k not in infos[i]})
+                    if final_infos is not None:
+                        infos[i].update({k: v for k, v in final_infos[i].items() if k not in infos[i]})
                     self._returns[i] = 0.0
                     self._lengths[i] = 0
                 else:  # a life lost: the game goes on from this frame

@@ -82,7 +82,7 @@ def check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], mem
             f"{avail / 2**30:.1f} GiB available. Use " + ", or ".join(tips) + ".")
 
 
-def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
+def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", features_dim: int = 256,
                backbone_kwargs: dict[str, Any] | None = None, tensorboard_log: str | None = None,
                seed: int | None = None, verbose: int = 0, device: str = "auto", memory_fraction: float = 0.8,
                pretrained: str | None = None, freeze_backbone: bool = False, **hyperparams: Any) -> BaseAlgorithm:

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="ALE/Pong-v5")
     parser.add_argument("--env-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{size: 48}'")
-    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano",
+    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano_rl",
                         help="comma-separated names, each with optional extractor/backbone options in brackets, e.g. "
                              "'nature_cnn[channels_last=false,inference_copy=false],mobilenetv4_nano_rl[norm=gn]', "
                              "'mnv4_conv_small[pretrained=model.safetensors,freeze_backbone=true]', or "

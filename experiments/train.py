@@ -34,7 +34,7 @@ from agents.factory import check_replay_buffer, DEFAULTS  # noqa: E402
 from envs import make_env  # noqa: E402
 
 DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
-                      backbone="mobilenetv4_nano", backbone_kwargs={}, features_dim=256, hyperparams={},
+                      backbone="mobilenetv4_nano_rl", backbone_kwargs={}, features_dim=256, hyperparams={},
                       steps=50_000, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train",
                       run_name=None, threads=None, device="auto", normalize_reward=False)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)

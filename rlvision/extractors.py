@@ -120,7 +120,7 @@ class VisionExtractor(BaseFeaturesExtractor):
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
 
-    def __init__(self, observation_space: spaces.Box, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
+    def __init__(self, observation_space: spaces.Box, backbone: str = "mobilenetv4_nano_rl", features_dim: int = 256,
                  normalized_image: bool = False, pool: str | int | None = None, preprocess: str | None = None,
                  preprocess_kwargs: dict[str, Any] | None = None, preprocess_weights: str | None = None,
                  freeze_preprocess: bool = True, channels_last: bool | None = None, inference_copy: bool = True,
@@ -296,7 +296,7 @@ class VisionCombinedExtractor(BaseFeaturesExtractor):
     """Dict observations: every image key through its own :class:`VisionExtractor`, every other key flattened;
     the results concatenated. (B, ...) per key -> (B, n_images * features_dim + sum of flat sizes)."""
 
-    def __init__(self, observation_space: spaces.Dict, backbone: str = "mobilenetv4_nano", features_dim: int = 256,
+    def __init__(self, observation_space: spaces.Dict, backbone: str = "mobilenetv4_nano_rl", features_dim: int = 256,
                  normalized_image: bool = False, pool: str | int | None = None, **kwargs: Any):
         if not isinstance(observation_space, spaces.Dict):
             raise ValueError(f"VisionCombinedExtractor needs a Dict observation space, got {observation_space}; "
@@ -320,7 +320,7 @@ class VisionCombinedExtractor(BaseFeaturesExtractor):
         return torch.cat([m(observations[k]) for k, m in self.extractors.items()], dim=1)
 
 
-def policy_kwargs(backbone: str = "mobilenetv4_nano", algo: str = "ppo", features_dim: int = 256,
+def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", features_dim: int = 256,
                   observation_space: spaces.Space | None = None, normalized_image: bool = False,
                   pool: str | int | None = None, net_arch: Any = None, fused_optimizer: bool = True,
                   **backbone_kwargs: Any) -> dict[str, Any]:

@@ -103,3 +103,16 @@ def test_building_does_not_touch_batchnorm_statistics():
     ext = VisionExtractor(image_space(3, 64, 64), backbone="mnv4_conv_small")
     bn = next(m for m in ext.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert int(bn.num_batches_tracked) == 0 and ext.training
+
+
+def test_defaults_are_the_fast_rl_preset():
+    import inspect
+
+    from agents import make_agent
+    from experiments import train
+
+    space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    assert VisionExtractor(space).backbone_name == "mobilenetv4_nano_rl"
+    assert policy_kwargs()["features_extractor_kwargs"]["backbone"] == "mobilenetv4_nano_rl"
+    assert inspect.signature(make_agent).parameters["backbone"].default == "mobilenetv4_nano_rl"
+    assert train.DEFAULT_CONFIG["backbone"] == "mobilenetv4_nano_rl"

@@ -97,7 +97,8 @@ def timed(fn) -> float:
 
 def training_rows(name: str, space: spaces.Box, batch: int, rounds: int, compile_too: bool) -> list[dict]:
     """Forward+backward of the training model in each formulation; the same weights and batch for all."""
-    variants = {"plain": dict(channels_last=False), "channels_last": dict(channels_last=True)}
+    variants = {"plain": dict(channels_last=False), "channels_last": dict(channels_last=True),
+                "channels_last+augment_shift4": dict(channels_last=True, augment_shift=4)}
     if compile_too:
         variants.update({"compile": dict(channels_last=False, compile=True),
                          "channels_last+compile": dict(channels_last=True, compile=True)})

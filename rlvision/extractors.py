@@ -16,6 +16,7 @@ from torch import nn
 from .inference import InferenceCopy
 from .preprocess import create_preprocess, load_preprocess
 from .checks import accepted_keywords, check_int, check_keywords
+from .layers import RandomShift
 from .pretrained import ImageNetNormalize
 from .registry import backbone_info, create_backbone
 
@@ -117,6 +118,8 @@ class VisionExtractor(BaseFeaturesExtractor):
         recomputing a frozen backbone in every epoch (BENCHMARKS.md).
     :param backbone_lr_scale: the backbone's learning rate as a fraction of the policy's (fine-tuning); applied by
         :class:`rlvision.optim.ScaledLRAdam`, which ``rlvision.policy_kwargs`` selects when this is not 1.
+    :param augment_shift: random-shift augmentation (DrQ / RAD: pad by this many pixels, crop back at a random
+        offset per sample) in training forward passes only, never in rollouts or ``predict``; 0 (default) = off.
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
 
@@ -126,7 +129,7 @@ class VisionExtractor(BaseFeaturesExtractor):
                  freeze_preprocess: bool = True, channels_last: bool | None = None, inference_copy: bool = True,
                  compile: bool = False, cuda_graph: bool = True, pretrained: str | None = None,
                  pretrained_frames: str = "auto", imagenet_norm: bool | None = None, freeze_backbone: bool = False,
-                 backbone_lr_scale: float = 1.0, **backbone_kwargs: Any):
+                 backbone_lr_scale: float = 1.0, augment_shift: int = 0, **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         info = backbone_info(backbone)
         check_int("features_dim", features_dim)
@@ -154,6 +157,8 @@ class VisionExtractor(BaseFeaturesExtractor):
             stage.requires_grad_(False)
             stage.eval().reparameterize()
         self.register_load_state_dict_post_hook(VisionExtractor._after_load)
+        check_int("augment_shift", augment_shift, minimum=0)
+        self.augment = RandomShift(augment_shift) if augment_shift else None
         self.pretrained = pretrained
         self.normalize = (ImageNetNormalize(channels, pretrained_frames)
                           if (pretrained is not None if imagenet_norm is None else imagenet_norm) else None)
@@ -181,6 +186,7 @@ class VisionExtractor(BaseFeaturesExtractor):
         # the observation pipeline: stages in order, each (B, C, H, W) -> (B, C', H', W'); the modules stay registered
         # under their own names (state_dict keys unchanged), the list only orders them
         self.pipeline = [stage for stage in (
+            self.augment,
             (FrozenStage(self.preprocess) if self.freeze_preprocess else self.preprocess.forward_stack)
             if self.preprocess is not None else None,
             self.normalize,

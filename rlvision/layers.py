@@ -98,3 +98,26 @@ class Mlp(nn.Sequential):
         self.fc1 = nn.Linear(in_features, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, out_features or in_features)
+
+
+class RandomShift(nn.Module):
+    """DrQ / RAD random-shift augmentation, in training mode only: pad by ``pad`` pixels (replicating the border),
+    then crop back to the original size at a random offset drawn per sample, batched on the input's device.
+    (B, C, H, W) -> (B, C, H, W); the identity in eval mode (rollouts, ``predict``)."""
+
+    def __init__(self, pad: int = 4):
+        super().__init__()
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
+            raise ValueError(f"pad must be an int >= 1, got {pad!r}.")
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        n, c, h, w = x.shape
+        padded = F.pad(x, (self.pad,) * 4, mode="replicate")
+        top = torch.randint(0, 2 * self.pad + 1, (n, 1, 1, 1), device=x.device)
+        left = torch.randint(0, 2 * self.pad + 1, (n, 1, 1, 1), device=x.device)
+        rows = (torch.arange(h, device=x.device).view(1, 1, h, 1) + top).expand(n, c, h, w + 2 * self.pad)
+        cols = (torch.arange(w, device=x.device).view(1, 1, 1, w) + left).expand(n, c, h, w)
+        return padded.gather(2, rows).gather(3, cols)

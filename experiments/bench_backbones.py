@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rlvision  # noqa: E402
 from experiments.compare_backbones import markdown_table  # noqa: E402
-from rlvision.profiler import benchmark_backbones  # noqa: E402
+from rlvision.benchmark import benchmark_backbones  # noqa: E402
 
 # Too slow or too big for a default sweep at a 256 batch on 2 cores / 24 GiB; ask for them by name (with a smaller
 # --batches training batch: the ImageNet-sized variants need several GB of activations per 32 frames at 84 px).

@@ -22,7 +22,7 @@ from gymnasium import spaces
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rlvision  # noqa: E402
 from experiments.compare_backbones import markdown_table  # noqa: E402
-from rlvision.profiler import count_flops  # noqa: E402
+from rlvision.benchmark import count_flops  # noqa: E402
 
 
 def latency_ms(fn, repeats: int, warmup: int) -> tuple[float, float]:

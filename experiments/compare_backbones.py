@@ -34,7 +34,8 @@ from envs import make_env  # noqa: E402
 from rlvision.checks import accepted_keywords, check_keywords  # noqa: E402
 from rlvision.encode import VecEncode  # noqa: E402
 from rlvision.extractors import EXTRACTOR_KEYWORDS  # noqa: E402
-from rlvision.profiler import PHASES, ThroughputProfiler, count_flops  # noqa: E402
+from rlvision.benchmark import count_flops  # noqa: E402
+from rlvision.profiler import PHASES, ThroughputProfiler  # noqa: E402
 
 
 def make(args: argparse.Namespace, n_envs: int, seed: int):

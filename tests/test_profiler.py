@@ -10,7 +10,8 @@ from stable_baselines3.common.logger import configure
 
 from agents import make_agent
 from envs import make_env
-from rlvision.profiler import PHASES, ThroughputProfiler, benchmark_backbones, peak_memory_mb
+from rlvision.benchmark import benchmark_backbones
+from rlvision.profiler import PHASES, ThroughputProfiler, peak_memory_mb
 
 SMALL = dict(size=36, grid=3)
 

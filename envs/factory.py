@@ -1,7 +1,7 @@
 """``make_env``: one call for every image env rlvision supports, with the usual wrappers.
 
 - ALE Atari (``ALE/Pong-v5``, ``PongNoFrameskip-v4``): by default ale-py's C++ ``AtariVectorEnv`` behind SB3's
-  VecEnv (``backend="native"``, :func:`envs.vector.make_native_atari`: 2x the Python path's steps/s on 2 cores, 8x on
+  VecEnv (``backend="native"``, :func:`rlvision.envs.vector.make_native_atari`: 2x the Python path's steps/s on 2 cores, 8x on
   16); ``backend="python"``: SB3's AtariWrapper (84x84 grey, frame skip 4, ...) and a 4-frame stack, where
   ``ALE/*-v5``, which already skips frames inside ALE, is made with ``frameskip=1``. Both give the same observations
   and training semantics (noop reset, max-pooled frame skip, life loss = done, clipped rewards, true returns in
@@ -11,7 +11,7 @@
 - The synthetic pixel env (``SyntheticPixel-v0``, ``SyntheticPixelContinuous-v0``).
 
 Any other family can also run in gymnasium's own vector envs (``vec_env_cls="gym_sync"`` or ``"gym_async"``) behind
-the same adapter (:class:`envs.vector.VectorEnvAdapter`).
+the same adapter (:class:`rlvision.envs.vector.VectorEnvAdapter`).
 
 Every env comes back as a VecEnv with channel-first uint8 observations (C, H, W) and a Monitor on each copy. Ids are
 passed to gymnasium as ``module:EnvId`` (``ale_py:ALE/Pong-v5``, ...) so SubprocVecEnv workers register them too.

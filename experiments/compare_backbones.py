@@ -29,8 +29,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rlvision  # noqa: E402
-from agents import evaluate_agent, make_agent  # noqa: E402
-from envs import make_env  # noqa: E402
+from rlvision.agents import evaluate_agent, make_agent  # noqa: E402
+from rlvision.envs import make_env  # noqa: E402
 from rlvision.checks import accepted_keywords, check_keywords  # noqa: E402
 from rlvision.encode import VecEncode  # noqa: E402
 from rlvision.extractors import EXTRACTOR_KEYWORDS  # noqa: E402

@@ -27,11 +27,11 @@ from stable_baselines3.common.vec_env import VecNormalize
 from stable_baselines3.common.logger import configure as configure_logger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from agents import evaluate_agent, make_agent  # noqa: E402
-from agents.checkpoints import (CheckpointEvery, config_hash, latest_checkpoint, load_checkpoint,  # noqa: E402
+from rlvision.agents import evaluate_agent, make_agent  # noqa: E402
+from rlvision.agents.checkpoints import (CheckpointEvery, config_hash, latest_checkpoint, load_checkpoint,  # noqa: E402
                                 save_checkpoint)
-from agents.factory import check_replay_buffer, DEFAULTS  # noqa: E402
-from envs import make_env  # noqa: E402
+from rlvision.agents.factory import check_replay_buffer, DEFAULTS  # noqa: E402
+from rlvision.envs import make_env  # noqa: E402
 
 DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
                       backbone="mobilenetv4_nano_rl", backbone_kwargs={}, features_dim=256, hyperparams={},

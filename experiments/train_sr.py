@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rlvision  # noqa: E402
-from envs import make_env  # noqa: E402
+from rlvision.envs import make_env  # noqa: E402
 from rlvision.sr.metrics import edge_weighted_l1, psnr, ssim  # noqa: E402
 
 MODES = ("bilinear", "bicubic", "area")

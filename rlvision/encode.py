@@ -57,7 +57,7 @@ class VecEncode(VecEnvWrapper):
     """Observations (n, C, H, W) uint8 -> (n, D) float32 features of a frozen encoder, computed once per step for
     all envs in one batch (``terminal_observation`` too).
 
-    :param venv: a VecEnv with channel-first uint8 images (e.g. :func:`envs.make_env`).
+    :param venv: a VecEnv with channel-first uint8 images (e.g. :func:`rlvision.envs.make_env`).
     :param backbone: a registered backbone name; ``backbone_kwargs`` (``pretrained=...``, ``pool=...``, ...) as for
         :class:`FrozenEncoder`.
     :param device: where the encoder runs ("auto": CUDA if available).

@@ -40,7 +40,7 @@ def check_image_space(space: spaces.Space, normalized_image: bool = False) -> No
         c = space.shape[2]
         raise ValueError(f"Observation space of shape {space.shape} is channel-last (H, W, C); VisionExtractor takes "
                          f"channel-first (C, H, W) = {(c, *space.shape[:2])}. SB3 algorithms transpose image envs "
-                         f"themselves (VecTransposeImage); envs.make_env returns channel-first envs; when you build "
+                         f"themselves (VecTransposeImage); rlvision.envs.make_env returns channel-first envs; when you build "
                          f"the extractor yourself, wrap the env in VecTransposeImage or permute the space.")
     if space.dtype == np.uint8:
         if np.any(space.low != 0) or np.any(space.high != 255):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents import ReplayBufferTooLarge, evaluate_agent, make_agent, replay_buffer_bytes
-from envs import make_env
+from rlvision.agents import ReplayBufferTooLarge, evaluate_agent, make_agent, replay_buffer_bytes
+from rlvision.envs import make_env
 
 SMALL = dict(size=32, grid=3)
 FAST = {  # a few hundred steps, updates early

@@ -5,8 +5,8 @@ import pytest
 from gymnasium import spaces
 
 import rlvision
-from agents import make_agent
-from envs import make_env
+from rlvision.agents import make_agent
+from rlvision.envs import make_env
 from experiments import compare_backbones, train
 
 SPACE = spaces.Box(0, 255, (4, 84, 84), np.uint8)

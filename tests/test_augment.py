@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from agents import make_agent
-from envs import make_env
+from rlvision.agents import make_agent
+from rlvision.envs import make_env
 from rlvision import VisionExtractor
 from rlvision.layers import RandomShift
 

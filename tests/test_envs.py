@@ -4,8 +4,8 @@ import pytest
 from gymnasium import spaces
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from envs import SyntheticPixelEnv, VectorEnvAdapter, env_family, make_env
-from envs.vector import atari_game
+from rlvision.envs import SyntheticPixelEnv, VectorEnvAdapter, env_family, make_env
+from rlvision.envs.vector import atari_game
 
 
 def test_synthetic_env_discrete():

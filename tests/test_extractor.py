@@ -108,7 +108,7 @@ def test_building_does_not_touch_batchnorm_statistics():
 def test_defaults_are_the_fast_rl_preset():
     import inspect
 
-    from agents import make_agent
+    from rlvision.agents import make_agent
     from experiments import train
 
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)

@@ -9,8 +9,8 @@ from gymnasium import spaces
 from stable_baselines3.common.utils import polyak_update
 
 import rlvision
-from agents import make_agent
-from envs import make_env
+from rlvision.agents import make_agent
+from rlvision.envs import make_env
 from rlvision import VisionExtractor
 from rlvision.inference import InferenceCopy, foldable_pairs
 from rlvision.layers import FrozenBatchNorm2d

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import rlvision
-from agents import make_agent
-from envs import make_env
+from rlvision.agents import make_agent
+from rlvision.envs import make_env
 from rlvision import count_parameters, create_backbone
 from rlvision.backbones.cyclemlp import CycleFC
 

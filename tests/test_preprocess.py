@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import rlvision
-from agents import make_agent
-from envs import downscale, make_env
+from rlvision.agents import make_agent
+from rlvision.envs import downscale, make_env
 from experiments import train_sr
 from rlvision import count_parameters, create_preprocess, load_preprocess, save_preprocess
 from rlvision.sr.flexnet import OmniShift

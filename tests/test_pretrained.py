@@ -11,8 +11,8 @@ from gymnasium import spaces
 from safetensors.torch import save_file
 
 import rlvision
-from agents import make_agent
-from envs import make_env
+from rlvision.agents import make_agent
+from rlvision.envs import make_env
 from rlvision.encode import FrozenEncoder, VecEncode
 from rlvision.optim import ScaledLRAdam
 from rlvision.pretrained import PretrainedWeightsError, adapt_stem, read_checkpoint

@@ -8,8 +8,8 @@ from stable_baselines3.common.torch_layers import NatureCNN
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from stable_baselines3.common.logger import configure
 
-from agents import make_agent
-from envs import make_env
+from rlvision.agents import make_agent
+from rlvision.envs import make_env
 from rlvision.benchmark import benchmark_backbones
 from rlvision.profiler import PHASES, ThroughputProfiler, peak_memory_mb
 

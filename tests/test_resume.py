@@ -12,8 +12,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.checkpoints import check_checkpoint, config_hash, latest_checkpoint, load_checkpoint
-from envs import make_env
+from rlvision.agents.checkpoints import check_checkpoint, config_hash, latest_checkpoint, load_checkpoint
+from rlvision.envs import make_env
 from experiments import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

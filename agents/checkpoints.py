@@ -20,7 +20,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from .factory import ALGOS
+from .factory import algo_class
 
 
 def config_hash(config: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
@@ -99,7 +99,7 @@ def load_checkpoint(path: str, algo: str, env, device: str = "auto") -> BaseAlgo
     vecnorm = os.path.join(path, "vecnormalize.pkl")
     if os.path.isfile(vecnorm) and isinstance(env, VecNormalize):
         env = VecNormalize.load(vecnorm, env.venv)
-    model = ALGOS[algo].load(os.path.join(path, "model.zip"), env=env, device=device)
+    model = algo_class(algo).load(os.path.join(path, "model.zip"), env=env, device=device)
     buffer = os.path.join(path, "replay_buffer.pkl")
     if os.path.isfile(buffer):
         model.load_replay_buffer(buffer)

@@ -1,11 +1,13 @@
-"""Evaluation of a trained agent: mean return and success rate over whole episodes."""
+"""Evaluation of an agent: mean return and success rate over whole episodes, once or periodically in training."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -25,3 +27,55 @@ def evaluate_agent(model: BaseAlgorithm, env: VecEnv, n_episodes: int = 20,
     return dict(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
                 mean_length=float(np.mean(lengths)), episodes=len(returns),
                 success_rate=float(np.mean(successes)) if successes else None)
+
+
+class PeriodicEvaluation(BaseCallback):
+    """Evaluate every ``every`` env steps (and at the start and end of training) on a separate env: a learning curve.
+
+    Each point is a dict ``steps``, ``seconds`` (training wall-clock so far, evaluation time excluded: the x-axis of
+    "return per unit of compute"), ``eval_return``, ``eval_return_std``, ``success_rate``; points go to
+    ``self.curve``, to SB3's logger (``eval/mean_return``, ...: TensorBoard) and to ``on_point`` (e.g. Ray Tune's
+    ``report``).
+    """
+
+    def __init__(self, eval_env: VecEnv, every: int, n_episodes: int = 10, deterministic: bool = False,
+                 on_point: Callable[[dict[str, Any]], None] | None = None):
+        super().__init__()
+        if every < 1 or n_episodes < 1:
+            raise ValueError(f"every and n_episodes must be >= 1, got every={every}, n_episodes={n_episodes}.")
+        self.eval_env, self.every, self.n_episodes, self.deterministic = eval_env, every, n_episodes, deterministic
+        self.on_point = on_point
+        self.curve: list[dict[str, Any]] = []
+        self._next = 0
+        self._start = 0.0
+        self._eval_seconds = 0.0
+
+    def _evaluate(self) -> None:
+        seconds = time.perf_counter() - self._start - self._eval_seconds
+        start = time.perf_counter()
+        result = evaluate_agent(self.model, self.eval_env, self.n_episodes, self.deterministic)
+        self._eval_seconds += time.perf_counter() - start
+        point = dict(steps=int(self.num_timesteps), seconds=round(seconds, 3), eval_return=result["mean_return"],
+                     eval_return_std=result["std_return"], success_rate=result["success_rate"])
+        self.curve.append(point)
+        self.logger.record("eval/mean_return", point["eval_return"])
+        if point["success_rate"] is not None:
+            self.logger.record("eval/success_rate", point["success_rate"])
+        self.logger.record("eval/train_seconds", seconds)
+        self.logger.dump(self.num_timesteps)
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+        if self.on_point is not None:
+            self.on_point(point)
+
+    def _on_training_start(self) -> None:
+        self._start, self._eval_seconds = time.perf_counter(), 0.0
+        self._evaluate()
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.curve or self.curve[-1]["steps"] != self.num_timesteps:
+            self._evaluate()

@@ -1,4 +1,5 @@
-"""``make_agent(algo, env, backbone=...)``: PPO, A2C, DQN, SAC or TD3 on image observations.
+"""``make_agent(algo, env, backbone=...)``: SB3's PPO, A2C, DQN, SAC, TD3 and sb3-contrib's RecurrentPPO,
+MaskablePPO, TRPO, QR-DQN, TQC, CrossQ on image observations, named by lowercased class name.
 
 Defaults follow RL Zoo's Atari / image-env settings (hyperparams/*.yml); anything passed as a keyword overrides them.
 Replay-buffer algorithms check the buffer's memory for the observation shape before SB3 allocates it.
@@ -11,16 +12,51 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+import importlib
+
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.vec_env import VecEnv
 
-from rlvision import policy_kwargs as vision_policy_kwargs
+from rlvision import drqv2_policy, policy_kwargs as vision_policy_kwargs
 from rlvision.checks import accepted_keywords, check_int, check_keywords, check_range
+from rlvision.extractors import ENCODER_SHARING
 
-ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3}
+# name -> "module:Class"; sb3-contrib's are imported only when asked for (extra: rlvision[contrib])
+ALGOS: dict[str, str] = {
+    "ppo": "stable_baselines3:PPO", "a2c": "stable_baselines3:A2C", "dqn": "stable_baselines3:DQN",
+    "sac": "stable_baselines3:SAC", "td3": "stable_baselines3:TD3",
+    "recurrentppo": "sb3_contrib:RecurrentPPO", "maskableppo": "sb3_contrib:MaskablePPO", "trpo": "sb3_contrib:TRPO",
+    "qrdqn": "sb3_contrib:QRDQN", "tqc": "sb3_contrib:TQC", "crossq": "sb3_contrib:CrossQ",
+}
+CONTINUOUS = ("sac", "td3", "tqc", "crossq")
+DISCRETE = ("dqn", "qrdqn", "maskableppo")
+
+
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 / sb3-contrib class of ``algo`` (a key of ALGOS)."""
+    algo = algo.lower() if isinstance(algo, str) else algo
+    if algo not in ALGOS:
+        raise ValueError(f"Unknown algo {algo!r}; choose one of {sorted(ALGOS)}.")
+    module, name = ALGOS[algo].split(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as error:
+        raise ImportError(f"{name} is in sb3-contrib: pip install 'rlvision[contrib]' (or sb3-contrib).") from error
+
+
+def policy_name(algo: str, observation_space: spaces.Space) -> str:
+    """The algorithm's image policy: CnnPolicy / MultiInputPolicy (RecurrentPPO: Cnn/MultiInputLstmPolicy; CrossQ
+    has only MlpPolicy, which takes our extractor like any other)."""
+    multi = isinstance(observation_space, spaces.Dict)
+    if algo == "crossq":
+        if multi:
+            raise ValueError("sb3-contrib's CrossQ has no MultiInputPolicy; use an image-only env or TQC/SAC.")
+        return "MlpPolicy"
+    if algo == "recurrentppo":
+        return "MultiInputLstmPolicy" if multi else "CnnLstmPolicy"
+    return "MultiInputPolicy" if multi else "CnnPolicy"
 
 # RL Zoo's Atari settings for PPO/A2C/DQN; SAC/TD3 follow its image (CarRacing-style) settings, with a buffer sized
 # for 2-core / 24 GiB machines.
@@ -35,6 +71,19 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 gradient_steps=1, ent_coef="auto"),
     "td3": dict(buffer_size=50_000, learning_rate=1e-3, batch_size=256, learning_starts=1000, train_freq=1,
                 gradient_steps=1),
+    # sb3-contrib: RL Zoo's Atari settings where it has them (RecurrentPPO, QR-DQN), else the nearest SB3 algorithm's
+    "recurrentppo": dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5,
+                         ent_coef=0.01),
+    "maskableppo": dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5,
+                        ent_coef=0.01),
+    "trpo": dict(n_steps=128, batch_size=256, learning_rate=1e-3),
+    "qrdqn": dict(buffer_size=100_000, learning_rate=1e-4, batch_size=32, learning_starts=100_000,
+                  target_update_interval=1000, train_freq=4, gradient_steps=1, exploration_fraction=0.025,
+                  exploration_final_eps=0.01),
+    "tqc": dict(buffer_size=50_000, learning_rate=3e-4, batch_size=256, learning_starts=1000, train_freq=1,
+                gradient_steps=1, ent_coef="auto"),
+    "crossq": dict(buffer_size=50_000, learning_rate=1e-3, batch_size=256, learning_starts=1000, train_freq=1,
+                   gradient_steps=1),
 }
 
 
@@ -85,29 +134,36 @@ def check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], mem
 def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", features_dim: int = 256,
                backbone_kwargs: dict[str, Any] | None = None, tensorboard_log: str | None = None,
                seed: int | None = None, verbose: int = 0, device: str = "auto", memory_fraction: float = 0.8,
-               pretrained: str | None = None, freeze_backbone: bool = False, **hyperparams: Any) -> BaseAlgorithm:
-    """An SB3 ``algo`` ("ppo", "a2c", "dqn", "sac", "td3") on ``env`` with the rlvision ``backbone`` as encoder.
+               pretrained: str | None = None, freeze_backbone: bool = False, encoder_sharing: str | None = None,
+               **hyperparams: Any) -> BaseAlgorithm:
+    """An SB3 or sb3-contrib ``algo`` (a key of ALGOS) on ``env`` with the rlvision ``backbone`` as encoder.
 
     :param backbone_kwargs: passed to the backbone builder (and ``pool``/``normalized_image`` to the extractor).
     :param memory_fraction: replay-buffer algorithms refuse (ReplayBufferTooLarge) a buffer needing more than this
         fraction of available memory.
     :param pretrained: a timm MobileNetV4 checkpoint for an ``mnv4_*`` backbone (README: "Pretrained encoders");
         ``freeze_backbone=True`` keeps it frozen (see also ``rlvision.encode.VecEncode`` for PPO).
+    :param encoder_sharing: SAC, TD3, TQC, CrossQ: "separate" (default: actor and critic encoders), "actor" (SB3's
+        shared mode, trained by the actor loss) or "critic" (DrQ-v2: shared, trained by the critic loss;
+        :mod:`rlvision.drq`).
     :param hyperparams: override DEFAULTS[algo]; ``policy_kwargs`` entries are merged over the encoder's.
     """
     algo = algo.lower() if isinstance(algo, str) else algo
-    if algo not in ALGOS:
-        raise ValueError(f"Unknown algo {algo!r}; choose one of {sorted(ALGOS)}.")
+    cls = algo_class(algo)
     check_int("features_dim", features_dim)
     check_range("memory_fraction", memory_fraction, 0.0, 1.0, low_open=True)
-    accepted = [k for k in accepted_keywords(ALGOS[algo].__init__) or []
+    accepted = [k for k in accepted_keywords(cls.__init__) or []
                 if k not in ("self", "policy", "env", "_init_setup_model")]
     check_keywords(hyperparams, accepted, f"make_agent({algo!r}) hyperparameters")
-    if algo in ("sac", "td3") and not isinstance(env.action_space, spaces.Box):
-        raise ValueError(f"{algo.upper()} needs a continuous (Box) action space, got {env.action_space}; use PPO, "
+    if algo in CONTINUOUS and not isinstance(env.action_space, spaces.Box):
+        raise ValueError(f"{cls.__name__} needs a continuous (Box) action space, got {env.action_space}; use PPO, "
                          f"A2C or DQN, or a continuous env (e.g. SyntheticPixelContinuous-v0, CarRacing-v3).")
-    if algo == "dqn" and not isinstance(env.action_space, spaces.Discrete):
-        raise ValueError(f"DQN needs a Discrete action space, got {env.action_space}; use SAC/TD3/PPO instead.")
+    if algo in DISCRETE and not isinstance(env.action_space, spaces.Discrete):
+        raise ValueError(f"{cls.__name__} needs a Discrete action space, got {env.action_space}; use SAC/TD3/PPO "
+                         f"instead.")
+    if encoder_sharing is not None and (algo not in CONTINUOUS or encoder_sharing not in ENCODER_SHARING):
+        raise ValueError(f"encoder_sharing must be one of {ENCODER_SHARING} and applies to {CONTINUOUS}; got "
+                         f"{encoder_sharing!r} for {algo!r}.")
     backbone_kwargs = dict(backbone_kwargs or {})
     if pretrained is not None:
         backbone_kwargs["pretrained"] = pretrained
@@ -120,21 +176,22 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", fe
         pk = {k: v for k, v in vision_policy_kwargs("nature_cnn", algo=algo).items()
               if k in ("optimizer_kwargs", "share_features_extractor")}
         pk.update(user_policy_kwargs)
-        return ALGOS[algo]("MlpPolicy", env, policy_kwargs=pk, tensorboard_log=tensorboard_log, seed=seed,
-                           verbose=verbose, device=device, **params)
-    pk = vision_policy_kwargs(backbone, algo=algo, features_dim=features_dim,
+        policy = "MlpLstmPolicy" if algo == "recurrentppo" else "MlpPolicy"
+        return cls(policy, env, policy_kwargs=pk, tensorboard_log=tensorboard_log, seed=seed, verbose=verbose,
+                   device=device, **params)
+    pk = vision_policy_kwargs(backbone, algo=algo, features_dim=features_dim, encoder_sharing=encoder_sharing,
                               observation_space=env.observation_space, **(backbone_kwargs or {}))
     if algo == "a2c":
         pk["optimizer_class"] = RMSpropTFLike
         pk["optimizer_kwargs"] = dict(eps=1e-5)
     pk.update(user_policy_kwargs)
-    if algo == "td3" and "action_noise" not in params:
+    if algo == "td3" and "action_noise" not in params:  # RL Zoo's TD3 exploration noise
         n = env.action_space.shape[0]
         params["action_noise"] = NormalActionNoise(np.zeros(n), 0.1 * np.ones(n))
     if "buffer_size" in params:
         check_replay_buffer(algo, env, params, memory_fraction)
-    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "CnnPolicy"
+    policy = drqv2_policy(algo) if encoder_sharing == "critic" else policy_name(algo, env.observation_space)
     if tensorboard_log:
         os.makedirs(tensorboard_log, exist_ok=True)
-    return ALGOS[algo](policy, env, policy_kwargs=pk, tensorboard_log=tensorboard_log, seed=seed, verbose=verbose,
+    return cls(policy, env, policy_kwargs=pk, tensorboard_log=tensorboard_log, seed=seed, verbose=verbose,
                        device=device, **params)

@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rlvision  # noqa: E402
-from rlvision.agents import evaluate_agent, make_agent  # noqa: E402
+from rlvision.agents import PeriodicEvaluation, evaluate_agent, make_agent  # noqa: E402
 from rlvision.envs import make_env  # noqa: E402
 from rlvision.checks import accepted_keywords, check_keywords  # noqa: E402
 from rlvision.encode import VecEncode  # noqa: E402
@@ -81,9 +81,11 @@ def env_only_sps(args: argparse.Namespace, steps: int = 2000) -> float:
     return sps
 
 
-def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, options: dict | None = None) -> dict:
+def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, options: dict | None = None,
+            on_point=None) -> dict:
     """Train ``backbone`` (with extractor ``options``, after ``stage``) for ``args.steps`` steps under the profiler;
-    return its table row."""
+    return its table row. With ``args.eval_every``, evaluate every so many steps (``args.eval_episodes`` episodes):
+    the row gets the learning ``curve`` and each point also goes to ``on_point`` (experiments/sweep.py: Ray Tune)."""
     label = backbone + ("[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
     label += "" if not stage or stage == "none" else f"+{stage.partition(':')[0]}"
     if args.threads:  # again here: a run in its own process starts with torch's default
@@ -100,8 +102,15 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
     encoder = env.encoder if encode_once else model.policy.features_extractor
     obs = obs.to(model.device)
     profiler = ThroughputProfiler()
+    callbacks, evaluation = [profiler], None
+    if getattr(args, "eval_every", None):
+        eval_env = make(args, min(args.eval_episodes, 8), args.seed + 10_000)
+        if encode_once:
+            eval_env = VecEncode(eval_env, backbone, device=args.device, **options)
+        evaluation = PeriodicEvaluation(eval_env, args.eval_every, args.eval_episodes, on_point=on_point)
+        callbacks.append(evaluation)
     start = time.perf_counter()
-    model.learn(args.steps, callback=profiler, progress_bar=not args.no_progress)
+    model.learn(args.steps, callback=callbacks, progress_bar=not args.no_progress)
     seconds = time.perf_counter() - start
     s = profiler.summary()
     row = dict(backbone=label, params=sum(p.numel() for p in encoder.parameters()),
@@ -115,7 +124,12 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
                peak_memory_mb=round(s["peak_memory_mb"]))
     if "cuda_peak_memory_mb" in s:
         row["cuda_peak_memory_mb"] = round(s["cuda_peak_memory_mb"])
-    if args.eval_episodes:
+    if evaluation is not None:
+        last = evaluation.curve[-1]
+        row.update(eval_return=round(last["eval_return"], 3), success_rate=last["success_rate"],
+                   curve=evaluation.curve)
+        evaluation.eval_env.close()
+    elif args.eval_episodes:
         eval_env = make(args, 1, args.seed + 10_000)
         if encode_once:
             eval_env = VecEncode(eval_env, backbone, device=args.device, **options)
@@ -237,7 +251,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hyperparams", type=yaml.safe_load, default={}, help="YAML dict over agents.DEFAULTS")
-    parser.add_argument("--eval-episodes", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=int, default=0, help="episodes of the final (or each) evaluation")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="also evaluate every so many env steps (a learning curve; needs --eval-episodes)")
     parser.add_argument("--measure-overhead", action="store_true", help="also time training without the profiler")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--logdir", default=None, help="default: runs/compare-<env>-<time>")
@@ -253,6 +269,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
     if args.eval_episodes < 0:
         parser.error(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
+    if args.eval_every is not None and (args.eval_every < 1 or not args.eval_episodes):
+        parser.error("--eval-every must be >= 1 and needs --eval-episodes >= 1")
     for name, options in backbones:  # unknown names and options fail now, not after an hour of training
         try:
             check_keywords({k: v for k, v in options.items() if k != "encode_once"},
@@ -271,6 +289,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ceiling = env_only_sps(args)
     print(f"Env alone: {ceiling:.0f} steps/s")
     rows: list[dict] = []
+    curves: dict[str, list[dict]] = {}
     try:
         for name, options in backbones:
             for stage in stages:
@@ -278,11 +297,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{args.n_envs} envs", flush=True)
                 rows.append(run_isolated(args, name, stage, options) if args.process_per_run
                             else run_one(args, name, stage, options))
+                curve = rows[-1].pop("curve", None)
+                if curve:
+                    curves[rows[-1]["backbone"]] = curve
                 print(json.dumps(rows[-1]), flush=True)
     except KeyboardInterrupt:
         print("Interrupted: writing the table of the runs that finished.")
     if rows:
         print("\n" + save_outputs(rows, args, ceiling) + "\n")
+    if curves:
+        with open(os.path.join(args.logdir, "curves.json"), "w") as f:
+            json.dump(curves, f)
     print(f"Runs in {args.logdir} (summary.md, summary.csv, phases.png). Compare: tensorboard --logdir {args.logdir}")
     return rows
 

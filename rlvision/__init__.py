@@ -7,13 +7,14 @@
 """
 
 from . import backbones, sr  # noqa: F401  (registers every backbone family and SR stage)
+from .drq import drqv2_policy
 from .extractors import VisionCombinedExtractor, VisionExtractor, check_image_space, policy_kwargs
 from .preprocess import (PreprocessStage, create_preprocess, list_preprocess, load_preprocess, preprocess_info,
                          register_preprocess, save_preprocess)
 from .registry import (Backbone, BackboneInfo, backbone_info, count_parameters, create_backbone, list_backbones,
                        register_backbone)
 
-__all__ = ["PreprocessStage", "create_preprocess", "list_preprocess", "load_preprocess", "preprocess_info",
+__all__ = ["drqv2_policy", "PreprocessStage", "create_preprocess", "list_preprocess", "load_preprocess", "preprocess_info",
            "register_preprocess", "save_preprocess",
            "VisionCombinedExtractor", "VisionExtractor", "check_image_space", "policy_kwargs", "Backbone", "BackboneInfo", "backbone_info", "count_parameters", "create_backbone", "list_backbones",
            "register_backbone"]

@@ -20,8 +20,11 @@ from .layers import RandomShift
 from .pretrained import ImageNetNormalize
 from .registry import backbone_info, create_backbone
 
-ON_POLICY = ("ppo", "a2c")
-OFF_POLICY = ("sac", "td3", "dqn")
+# SB3's algorithms and sb3-contrib's, by lowercased class name
+ON_POLICY = ("ppo", "a2c", "recurrentppo", "maskableppo", "trpo")
+OFF_POLICY = ("sac", "td3", "dqn", "qrdqn", "tqc", "crossq")
+Q_LEARNING = ("dqn", "qrdqn")  # one network: no share_features_extractor key
+ENCODER_SHARING = ("separate", "actor", "critic")  # SAC-style: two encoders, SB3's shared mode, DrQ-v2's (rlvision.drq)
 # families whose convolutions run faster in channels_last on CPU (measured: experiments/bench_speed.py)
 CHANNELS_LAST_FAMILIES = ("baseline", "mobilenetv4", "mobilenetv4_seed")
 
@@ -122,6 +125,13 @@ class VisionExtractor(BaseFeaturesExtractor):
         offset per sample) in training forward passes only, never in rollouts or ``predict``; 0 (default) = off.
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
+
+    def __new__(cls, observation_space: spaces.Space | None = None, *args: Any, **kwargs: Any):
+        """A Dict space (SB3's MultiInputPolicy) gets the :class:`VisionCombinedExtractor` with the same options, so
+        the same ``policy_kwargs`` serve CnnPolicy and MultiInputPolicy."""
+        if cls is VisionExtractor and isinstance(observation_space, spaces.Dict):
+            return VisionCombinedExtractor(observation_space, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, observation_space: spaces.Box, backbone: str = "mobilenetv4_nano_rl", features_dim: int = 256,
                  normalized_image: bool = False, pool: str | int | None = None, preprocess: str | None = None,
@@ -329,20 +339,35 @@ class VisionCombinedExtractor(BaseFeaturesExtractor):
 def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", features_dim: int = 256,
                   observation_space: spaces.Space | None = None, normalized_image: bool = False,
                   pool: str | int | None = None, net_arch: Any = None, fused_optimizer: bool = True,
+                  normalize_images: bool | None = None, encoder_sharing: str | None = None,
                   **backbone_kwargs: Any) -> dict[str, Any]:
-    """What SB3's ``policy_kwargs`` wants to use ``backbone`` as the encoder of ``algo``.
+    """What SB3's ``policy_kwargs`` wants to use ``backbone`` as the encoder of ``algo`` (SB3's ppo, a2c, dqn, sac,
+    td3 or sb3-contrib's recurrentppo, maskableppo, trpo, qrdqn, tqc, crossq).
 
-    On-policy (PPO, A2C): one extractor shared by actor and critic (SB3's default). SAC/TD3: separate actor and
-    critic extractors (SB3's default; SB3's shared mode would train the encoder through the actor loss only).
-    DQN takes no ``share_features_extractor`` key. Pass ``observation_space`` to get the Dict extractor for Dict spaces.
+    Sharing: PPO, A2C, RecurrentPPO, MaskablePPO: one extractor for actor and critic (SB3's default). TRPO: separate
+    ones (its trust-region step would otherwise also move the value function's encoder, and its critic update drops
+    the gradients of shared parameters). SAC, TD3, TQC, CrossQ: separate actor and critic extractors (SB3's default;
+    SB3's shared mode trains the encoder through the actor loss only; for DrQ-v2's critic-trained shared encoder see
+    :func:`rlvision.drq.drqv2_policy`). DQN and QR-DQN take no ``share_features_extractor`` key.
+    Pass ``observation_space`` to get the Dict extractor for Dict spaces.
     ``fused_optimizer``: Adam with ``fused=True`` (one kernel for all parameters; on CPU torch otherwise updates
-    them one by one, 5-8x slower) for the Adam-based algorithms, keeping SB3's other defaults (PPO's eps=1e-5).
+    them one by one, 5-8x slower) for the Adam-based algorithms, keeping the algorithm's other defaults (the PPO
+    family's eps=1e-5, CrossQ's betas=(0.5, 0.999)).
+    ``encoder_sharing`` (SAC, TD3, TQC, CrossQ): "separate" (default), "actor" (SB3's shared mode) or "critic"
+    (DrQ-v2's; use it with the policy class :func:`rlvision.drq.drqv2_policy` gives).
+    ``normalize_images=False`` (SB3's spelling) is the same as ``normalized_image=True``: float images in [0, 1].
+    RecurrentPPO gets RL Zoo's Atari LSTM settings (``lstm_hidden_size=128``, ``enable_critic_lstm=False``).
     """
     algo = algo.lower()
     if algo not in ON_POLICY + OFF_POLICY:
         raise ValueError(f"Unknown algo {algo!r}; choose one of {ON_POLICY + OFF_POLICY}.")
     info = backbone_info(backbone)  # fail early, with the list of known names
     check_int("features_dim", features_dim)
+    if normalize_images is not None:
+        if normalized_image and normalize_images:
+            raise ValueError("normalized_image=True (images already in [0, 1]) contradicts normalize_images=True "
+                             "(SB3 divides by 255); pass one of them.")
+        normalized_image = not normalize_images
     own = [k for k in EXTRACTOR_KEYWORDS if k not in ("features_dim", "normalized_image", "pool")]
     check_keywords({k: v for k, v in backbone_kwargs.items() if k not in own}, accepted_keywords(info.builder),
                    f"rlvision.policy_kwargs with backbone {backbone!r}", extra=tuple(own))
@@ -352,19 +377,26 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
         features_extractor_kwargs=dict(backbone=backbone, features_dim=features_dim, normalized_image=normalized_image,
                                        pool=pool, **backbone_kwargs),
     )
-    if algo in ON_POLICY:
-        kwargs["share_features_extractor"] = True
-    elif algo in ("sac", "td3"):
-        kwargs["share_features_extractor"] = False
+    if algo not in Q_LEARNING:
+        kwargs["share_features_extractor"] = algo in ("ppo", "a2c", "recurrentppo", "maskableppo")
+    if encoder_sharing is not None:
+        if algo not in ("sac", "td3", "tqc", "crossq") or encoder_sharing not in ENCODER_SHARING:
+            raise ValueError(f"encoder_sharing must be one of {ENCODER_SHARING} and applies to sac, td3, tqc and "
+                             f"crossq; got {encoder_sharing!r} for {algo!r}.")
+        kwargs["share_features_extractor"] = encoder_sharing != "separate"
+    if algo == "recurrentppo":
+        kwargs.update(lstm_hidden_size=128, enable_critic_lstm=False)
+    adam_defaults = dict(eps=1e-5) if algo in ("ppo", "recurrentppo", "maskableppo", "trpo") else (
+        dict(betas=(0.5, 0.999)) if algo == "crossq" else {})
     if fused_optimizer and algo != "a2c":  # SB3's A2C uses RMSprop
-        kwargs["optimizer_kwargs"] = dict(eps=1e-5, fused=True) if algo == "ppo" else dict(fused=True)
+        kwargs["optimizer_kwargs"] = dict(adam_defaults, fused=True)
     if backbone_kwargs.get("backbone_lr_scale", 1.0) != 1.0:
         from .optim import ScaledLRAdam
 
         if algo == "a2c":
             raise ValueError("backbone_lr_scale needs an Adam-based algorithm (SB3's A2C uses RMSprop).")
         kwargs["optimizer_class"] = ScaledLRAdam
-        kwargs.setdefault("optimizer_kwargs", dict(eps=1e-5) if algo == "ppo" else {})
+        kwargs.setdefault("optimizer_kwargs", adam_defaults)
     if normalized_image:
         kwargs["normalize_images"] = False
     if net_arch is not None:

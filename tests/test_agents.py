@@ -69,7 +69,7 @@ def test_wrong_action_space_is_explained():
     with pytest.raises(ValueError, match="Discrete"):
         make_agent("dqn", synthetic("sac"))
     with pytest.raises(ValueError, match="Unknown algo"):
-        make_agent("trpo", synthetic("ppo"))
+        make_agent("ars", synthetic("ppo"))
 
 
 def test_ppo_improves_over_random_policy():

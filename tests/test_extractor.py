@@ -96,7 +96,29 @@ def test_policy_kwargs_per_algorithm():
     assert kw["features_extractor_kwargs"]["backbone"] == "mnv4_conv_small"
     assert kw["features_extractor_kwargs"]["residual"] is False
     with pytest.raises(ValueError, match="Unknown algo"):
-        policy_kwargs(algo="trpo")
+        policy_kwargs(algo="ars")
+    # sb3-contrib, by lowercased class name
+    assert policy_kwargs(algo="recurrentppo")["share_features_extractor"] is True
+    assert policy_kwargs(algo="maskableppo")["share_features_extractor"] is True
+    assert policy_kwargs(algo="trpo")["share_features_extractor"] is False
+    assert policy_kwargs(algo="tqc")["share_features_extractor"] is False
+    assert "share_features_extractor" not in policy_kwargs(algo="qrdqn")
+    assert policy_kwargs(algo="crossq")["optimizer_kwargs"] == dict(betas=(0.5, 0.999), fused=True)  # its default kept
+    assert policy_kwargs(algo="trpo")["optimizer_kwargs"] == dict(eps=1e-5, fused=True)
+    assert policy_kwargs(algo="sac", encoder_sharing="critic")["share_features_extractor"] is True
+    with pytest.raises(ValueError, match="encoder_sharing"):
+        policy_kwargs(algo="ppo", encoder_sharing="critic")
+
+
+def test_sb3_normalize_images_flag_is_accepted():
+    """SB3's spelling (policy_kwargs normalize_images=False) means what our normalized_image=True means."""
+    sb3 = policy_kwargs("nature_cnn", normalize_images=False)
+    ours = policy_kwargs("nature_cnn", normalized_image=True)
+    assert sb3 == ours and sb3["normalize_images"] is False
+    assert sb3["features_extractor_kwargs"]["normalized_image"] is True
+    assert "normalize_images" not in policy_kwargs("nature_cnn", normalize_images=True)
+    with pytest.raises(ValueError, match="contradicts"):
+        policy_kwargs("nature_cnn", normalized_image=True, normalize_images=True)
 
 
 def test_building_does_not_touch_batchnorm_statistics():

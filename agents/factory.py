@@ -49,7 +49,7 @@ def algo_class(algo: str) -> type[BaseAlgorithm]:
 def policy_name(algo: str, observation_space: spaces.Space) -> str:
     """The algorithm's image policy: CnnPolicy / MultiInputPolicy (RecurrentPPO: Cnn/MultiInputLstmPolicy; CrossQ
     has only MlpPolicy, which takes our extractor like any other)."""
-    multi = isinstance(observation_space, spaces.Dict)
+    multi = isinstance(observation_space, spaces.Dict)  # (None: not known yet -> the image policy)
     if algo == "crossq":
         if multi:
             raise ValueError("sb3-contrib's CrossQ has no MultiInputPolicy; use an image-only env or TQC/SAC.")

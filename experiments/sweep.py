@@ -12,7 +12,8 @@
    parallel trials do not oversubscribe the cores) and a ``gpu`` fraction. Locally ``ray.init()`` starts in-process
    and runs trials in parallel up to the cores; ``--address auto`` joins a running cluster.
 3. Failed trials are retried (``--max-failures``) and reported. A killed sweep resumes when the same command runs
-   again: Tune restores the experiment from ``OUT/tune``; finished trials are kept, unfinished ones start over.
+   again: Tune restores its experiment from ``OUT/tune``; finished trials (``OUT/trials/*.json``) are never re-run,
+   unfinished ones start over.
 4. Results: per trial a TensorBoard run under ``OUT/tb`` and its row with the curve in ``OUT/trials/*.json``;
    ``OUT/summary.md`` / ``summary.csv`` per env, algo and backbone (final return: mean and 95% bootstrap CI over
    seeds, IQM with >= 4 seeds, FPS, steps and seconds to the return threshold, parameters, FLOPs) and
@@ -150,6 +151,11 @@ def trial(tune_config: dict) -> None:
     from experiments.compare_backbones import run_one
 
     config = tune_config["config"]
+    path = os.path.join(config["out"], "trials", trial_file(config))
+    if os.path.exists(path):  # finished before a restore: report its last point, do not train again
+        with open(path) as f:
+            tune.report({k: v for k, v in json.load(f)["curve"][-1].items() if v is not None})
+        return
     name, options = config["backbone"]
     args = argparse.Namespace(
         env=config["env"], env_kwargs=config["env_kwargs"], low_res=None, backend=config["backend"],
@@ -161,7 +167,6 @@ def trial(tune_config: dict) -> None:
     row = run_one(args, name, None, options, on_point=lambda point: tune.report(
         {k: v for k, v in point.items() if v is not None}))
     row.update(env=config["env"], algo=config["algo"], seed=config["seed"])
-    path = os.path.join(config["out"], "trials", trial_file(config))
     with open(path + ".tmp", "w") as f:
         json.dump(row, f)
     os.replace(path + ".tmp", path)  # a finished trial is one whose file exists
@@ -242,7 +247,11 @@ def check(trials: list[dict], parser: argparse.ArgumentParser) -> None:
 
 
 def run_sweep(trials: list[dict], settings: dict, out: str, address: str | None = None) -> list[str]:
-    """Run (or resume) the trials on Ray Tune; returns the errors of trials that failed after their retries."""
+    """Run the unfinished trials on Ray Tune; returns the errors of trials that failed after their retries.
+
+    A killed sweep's Tune experiment (``OUT/tune/run-*``) is restored first (Tune's restore: unfinished and errored
+    trials continue); trials finished since (their result file exists) return at once. Whatever is still missing
+    then runs as a new experiment."""
     import ray
     from ray import tune
 
@@ -256,20 +265,26 @@ def run_sweep(trials: list[dict], settings: dict, out: str, address: str | None 
         runtime_env = {"working_dir": ROOT, "excludes": [".venv/", "runs/", ".git/", ".whl/", "*.pt"]}
     ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
              configure_logging=False, ignore_reinit_error=True)
-    storage = os.path.join(out, "tune")
     trainable = tune.with_resources(trial, {"cpu": settings["cpus"], "gpu": settings["gpu"]})
-    if tune.Tuner.can_restore(storage):
-        print(f"Resuming the sweep in {storage}", flush=True)
-        tuner = tune.Tuner.restore(storage, trainable, resume_errored=True)
-    else:
+    storage = os.path.join(out, "tune")
+    runs = sorted(os.listdir(storage)) if os.path.isdir(storage) else []
+    errors = []
+    if runs and tune.Tuner.can_restore(os.path.join(storage, runs[-1])):
+        print(f"Resuming the Tune experiment {runs[-1]}", flush=True)
+        results = tune.Tuner.restore(os.path.join(storage, runs[-1]), trainable, resume_errored=True).fit()
+        errors = [r for r in results if r.error is not None]
+        done = set(os.listdir(os.path.join(out, "trials")))
+        todo = [t for t in trials if trial_file(t) not in done]
+    if todo:
         tuner = tune.Tuner(trainable, param_space={"config": tune.grid_search(todo)},
                            tune_config=tune.TuneConfig(reuse_actors=False),
-                           run_config=tune.RunConfig(name="tune", storage_path=os.path.abspath(out), verbose=1,
-                                                     failure_config=tune.FailureConfig(max_failures=settings["max_failures"])))
-    results = tuner.fit()
+                           run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
+                                                     verbose=1, failure_config=tune.FailureConfig(
+                                                         max_failures=settings["max_failures"])))
+        errors = [r for r in tuner.fit() if r.error is not None]
     return [f"{r.config['config']['backbone']} seed {r.config['config']['seed']} on {r.config['config']['env']}: "
             f"{type(r.error).__name__}: {str(r.error).strip().splitlines()[-1] if str(r.error).strip() else ''}"
-            for r in results if r.error is not None]
+            for r in errors]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -1,0 +1,76 @@
+"""experiments/sweep.py: statistics on known inputs, a two-trial Ray sweep, and resuming without re-running."""
+
+import os
+
+import numpy as np
+import pytest
+
+from experiments import sweep
+
+
+def test_bootstrap_ci_on_known_inputs():
+    assert sweep.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    assert all(np.isnan(sweep.bootstrap_ci([1.0])))
+    low, high = sweep.bootstrap_ci(np.arange(100.0))  # normal approximation: 49.5 +- 1.96 * 28.87 / 10
+    assert low == pytest.approx(49.5 - 5.66, abs=0.8) and high == pytest.approx(49.5 + 5.66, abs=0.8)
+    low, high = sweep.bootstrap_ci([0.0, 1.0])
+    assert 0.0 <= low < 0.5 < high <= 1.0
+
+
+def test_interquartile_mean_and_first_crossing():
+    assert sweep.interquartile_mean([1, 2, 3, 4]) == 2.5  # drops one run at each end
+    assert sweep.interquartile_mean([0, 0, 1, 1, 1, 1, 100, 100]) == 1.0
+    assert np.isnan(sweep.interquartile_mean([1, 2, 3]))
+    curve = [dict(steps=0, seconds=0.0, eval_return=0.1), dict(steps=10, seconds=2.0, eval_return=0.6),
+             dict(steps=20, seconds=4.0, eval_return=0.9)]
+    assert sweep.first_crossing(curve, 0.5) == 10 and sweep.first_crossing(curve, 0.5, "seconds") == 2.0
+    assert sweep.first_crossing(curve, 1.0) is None
+
+
+def test_summary_rows_per_backbone_and_env():
+    def row(backbone, seed, final):
+        return dict(env="E", algo="ppo", backbone=backbone, seed=seed, fps=100.0 + seed, params=10, mflops=1.0,
+                    curve=[dict(steps=0, seconds=0.0, eval_return=0.0), dict(steps=8, seconds=1.0, eval_return=final)])
+
+    rows = [row("a", s, f) for s, f in enumerate([1.0, 2.0, 3.0, 4.0])] + [row("b", 0, 0.2)]
+    table = {r["backbone"]: r for r in sweep.summarize(rows, {"E": 2.5})}
+    assert table["a"]["seeds"] == 4 and table["a"]["final_return"] == 2.5 and table["a"]["iqm"] == 2.5
+    assert table["a"]["ci95_low"] < 2.5 < table["a"]["ci95_high"]
+    assert table["a"]["reached"] == "2/4" and table["a"]["steps_to_threshold"] == 8
+    assert table["b"]["reached"] == "0/1" and table["b"]["steps_to_threshold"] is None
+    assert np.isnan(table["b"]["ci95_low"])  # one seed: no interval
+    assert "| a |" in sweep.markdown(list(table.values()))
+
+
+def test_two_trial_sweep_writes_the_table_and_plots_and_resumes_without_rerunning(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    argv = ["--envs", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--seeds", "0,1", "--steps", "256",
+            "--n-envs", "2", "--eval-every", "128", "--eval-episodes", "2", "--env-kwargs", "{size: 36, grid: 3}",
+            "--hyperparams", "{n_steps: 32, batch_size: 32, n_epochs: 1}", "--out", str(out)]
+    table = sweep.main(argv)
+    assert len(table) == 1 and table[0]["seeds"] == 2
+    for name in ("summary.md", "summary.csv", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "nature_cnn" in (out / "summary.md").read_text()
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 2
+    assert len((trials[0].read_text())) and any((out / "tb").rglob("events.out.tfevents.*"))
+    # an interrupted sweep: one trial finished, the other did not
+    kept, lost = trials
+    kept_mtime = kept.stat().st_mtime_ns
+    lost.unlink()
+    table = sweep.main(argv)
+    assert table[0]["seeds"] == 2 and lost.exists()
+    assert kept.stat().st_mtime_ns == kept_mtime, "a finished trial ran again"
+    with pytest.raises(SystemExit):  # another grid in the same folder is refused
+        sweep.main([a if a != "256" else "512" for a in argv])
+
+
+def test_bad_grid_fails_before_ray_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--envs", "SyntheticPixel-v0", "--backbones", "nature_cnm", "--out", str(tmp_path)])
+    assert "nature_cnn" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--backbones", "nature_cnn", "--out", str(tmp_path)])
+    assert not os.listdir(tmp_path)

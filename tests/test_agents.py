@@ -83,3 +83,25 @@ def test_ppo_improves_over_random_policy():
     after = evaluate_agent(model, eval_env, 60)
     assert after["mean_return"] > before["mean_return"] + 0.25, (before, after)
     assert after["success_rate"] > before["success_rate"]
+
+
+def test_periodic_evaluation_gives_a_learning_curve(tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    from rlvision.agents import PeriodicEvaluation
+
+    env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=SMALL)
+    model = make_agent("ppo", env, backbone="mobilenetv4_custom", seed=0, **FAST["ppo"])
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    points = []
+    evaluation = PeriodicEvaluation(make_env("SyntheticPixel-v0", n_envs=2, seed=9, env_kwargs=SMALL), every=128,
+                                    n_episodes=4, on_point=points.append)
+    model.learn(320, callback=evaluation)
+    steps = [p["steps"] for p in evaluation.curve]
+    assert steps[0] == 0 and steps[-1] == model.num_timesteps  # before training, then at the end
+    assert all(b - a >= 128 for a, b in zip(steps[1:-2], steps[2:-1])) and 128 <= steps[1] < 128 + 64
+    assert points == evaluation.curve
+    assert all(b["seconds"] >= a["seconds"] for a, b in zip(evaluation.curve, evaluation.curve[1:]))
+    assert "eval/mean_return" in (tmp_path / "progress.csv").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match="every"):
+        PeriodicEvaluation(env, every=0)

@@ -79,8 +79,10 @@ def test_dict_observations():
     obs = {k: torch.as_tensor(np.stack([s.sample() for _ in range(2)])) for k, s in space.spaces.items()}
     assert ext(preprocess_obs(obs, space)).shape == (2, 35)
     assert policy_kwargs(observation_space=space)["features_extractor_class"] is VisionCombinedExtractor
-    with pytest.raises(ValueError, match="Dict"):
-        VisionExtractor(space)
+    combined = VisionExtractor(space, backbone="mobilenetv4_nano", features_dim=32)  # SB3's MultiInputPolicy
+    assert type(combined) is VisionCombinedExtractor and combined.features_dim == 35
+    with pytest.raises(ValueError, match="No image key"):
+        VisionExtractor(spaces.Dict({"v": spaces.Box(-1, 1, (3,), dtype=np.float32)}))
     with pytest.raises(ValueError, match="No image key"):
         VisionCombinedExtractor(spaces.Dict({"v": spaces.Box(-1, 1, (3,), dtype=np.float32)}))
 

@@ -29,7 +29,6 @@ BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4
 # issue 6: SB3-plain NatureCNN (no rlvision speed path) next to every small backbone with it
 PLAIN := channels_last=false,inference_copy=false,fused_optimizer=false
 SPEED_BACKBONES := nature_cnn[$(PLAIN)],nature_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mobilenetv4_nano[$(PLAIN)],mobilenetv4_nano,mobilenetv4_small,impala_cnn,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
-NORMS := mobilenetv4_nano_rl,mobilenetv4_nano_rl[norm=frozen_bn],mobilenetv4_nano_rl[norm=gn],mobilenetv4_nano_rl[norm=ln]
 IMAGENET_HYBRIDS := nature_cnn,mobilenetv4_nano,rest_lite,rest_small,rest_base,rest_large,cyclemlp_b1,cyclemlp_b2,cyclemlp_b3,cyclemlp_b4,cyclemlp_b5,conformer_tiny,conformer_small,conformer_base
 SR_SYN := runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt
 bench: $(STAMP) bench-speed
@@ -62,14 +61,7 @@ bench-speed: $(STAMP)
 		--steps 3072 --logdir runs/bench-pong-speed --no-progress
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones mobilenetv4_nano_rl --threads 1 \
 		--steps 3072 --logdir runs/bench-pong-1thread --no-progress
-	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
-		--backbones 'nature_cnn,$(NORMS),mobilenetv4_small_rl' --steps 12288 --eval-episodes 100 \
-		--logdir runs/bench-norms-synthetic --no-progress \
-		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}'
-	$(BIN)/python experiments/compare_backbones.py --env MiniGrid-Empty-8x8-v0 \
-		--backbones 'nature_cnn,mobilenetv4_nano_rl,mobilenetv4_nano_rl[norm=frozen_bn],mobilenetv4_nano_rl[norm=gn]' \
-		--steps 40960 --eval-episodes 20 --logdir runs/bench-norms-minigrid \
-		--no-progress --hyperparams '{n_steps: 128, batch_size: 256, n_epochs: 4, learning_rate: 0.00025, ent_coef: 0.01}'
+	# the norm-choice table: make bench-learning (issue 12, 3 seeds with CIs)
 
 # Issue 10/14 GPU figures (needs a CUDA machine; about 10 minutes, plus torch.compile's tuning if not skipped).
 SMALL_BACKBONES := nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl

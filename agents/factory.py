@@ -60,30 +60,25 @@ def policy_name(algo: str, observation_space: spaces.Space) -> str:
 
 # RL Zoo's Atari settings for PPO/A2C/DQN; SAC/TD3 follow its image (CarRacing-style) settings, with a buffer sized
 # for 2-core / 24 GiB machines.
+_PPO = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5, ent_coef=0.01)
+_DQN = dict(buffer_size=100_000, learning_rate=1e-4, batch_size=32, learning_starts=100_000,
+            target_update_interval=1000, train_freq=4, gradient_steps=1, exploration_fraction=0.1,
+            exploration_final_eps=0.01)
+_SAC = dict(buffer_size=50_000, learning_rate=3e-4, batch_size=256, learning_starts=1000, train_freq=1,
+            gradient_steps=1)
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5,
-                ent_coef=0.01),
+    "ppo": dict(_PPO),
     "a2c": dict(n_steps=5, learning_rate=7e-4, vf_coef=0.25, ent_coef=0.01),
-    "dqn": dict(buffer_size=100_000, learning_rate=1e-4, batch_size=32, learning_starts=100_000,
-                target_update_interval=1000, train_freq=4, gradient_steps=1, exploration_fraction=0.1,
-                exploration_final_eps=0.01),
-    "sac": dict(buffer_size=50_000, learning_rate=3e-4, batch_size=256, learning_starts=1000, train_freq=1,
-                gradient_steps=1, ent_coef="auto"),
-    "td3": dict(buffer_size=50_000, learning_rate=1e-3, batch_size=256, learning_starts=1000, train_freq=1,
-                gradient_steps=1),
+    "dqn": dict(_DQN),
+    "sac": dict(_SAC, ent_coef="auto"),
+    "td3": dict(_SAC, learning_rate=1e-3),
     # sb3-contrib: RL Zoo's Atari settings where it has them (RecurrentPPO, QR-DQN), else the nearest SB3 algorithm's
-    "recurrentppo": dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5,
-                         ent_coef=0.01),
-    "maskableppo": dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5,
-                        ent_coef=0.01),
+    "recurrentppo": dict(_PPO),
+    "maskableppo": dict(_PPO),
     "trpo": dict(n_steps=128, batch_size=256, learning_rate=1e-3),
-    "qrdqn": dict(buffer_size=100_000, learning_rate=1e-4, batch_size=32, learning_starts=100_000,
-                  target_update_interval=1000, train_freq=4, gradient_steps=1, exploration_fraction=0.025,
-                  exploration_final_eps=0.01),
-    "tqc": dict(buffer_size=50_000, learning_rate=3e-4, batch_size=256, learning_starts=1000, train_freq=1,
-                gradient_steps=1, ent_coef="auto"),
-    "crossq": dict(buffer_size=50_000, learning_rate=1e-3, batch_size=256, learning_starts=1000, train_freq=1,
-                   gradient_steps=1),
+    "qrdqn": dict(_DQN, exploration_fraction=0.025),
+    "tqc": dict(_SAC, ent_coef="auto"),
+    "crossq": dict(_SAC, learning_rate=1e-3),
 }
 
 

@@ -38,6 +38,11 @@ from rlvision.benchmark import count_flops  # noqa: E402
 from rlvision.profiler import PHASES, ThroughputProfiler  # noqa: E402
 
 
+# bracket options that configure the run rather than the extractor: a frozen encoder run once per env step
+# (rlvision.encode), and SAC-style encoder sharing ("separate" | "actor" | "critic" = DrQ-v2, rlvision.drq)
+RUN_OPTIONS = ("encode_once", "encoder_sharing")
+
+
 def make(args: argparse.Namespace, n_envs: int, seed: int):
     return make_env(args.env, n_envs=n_envs, seed=seed, env_kwargs=args.env_kwargs, low_res=args.low_res,
                     backend=args.backend)
@@ -91,15 +96,18 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
     if args.threads:  # again here: a run in its own process starts with torch's default
         torch.set_num_threads(args.threads)
     options = dict(options or {})
-    encode_once = options.pop("encode_once", False)  # a frozen encoder run once per env step (rlvision.encode)
+    encode_once = options.pop("encode_once", False)
+    sharing = {"encoder_sharing": options.pop("encoder_sharing")} if "encoder_sharing" in options else {}
     env = make(args, args.n_envs, args.seed)
     obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32) / 255
     if encode_once:
         env = VecEncode(env, backbone, device=args.device, **options)
     model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, device=args.device,
-                       backbone_kwargs=encoder_kwargs(args, stage, options), **args.hyperparams)
+                       backbone_kwargs=encoder_kwargs(args, stage, options), **sharing, **args.hyperparams)
     model.set_logger(configure_logger(os.path.join(args.logdir, label), ["tensorboard"]))  # no "_1" suffix
-    encoder = env.encoder if encode_once else model.policy.features_extractor
+    # the encoder whose size is reported: the policy's first (SAC-style policies: the actor's; DQN: the Q network's)
+    encoder = env.encoder if encode_once else next(
+        m for m in model.policy.modules() if isinstance(m, (rlvision.VisionExtractor, rlvision.VisionCombinedExtractor)))
     obs = obs.to(model.device)
     profiler = ThroughputProfiler()
     callbacks, evaluation = [profiler], None
@@ -237,7 +245,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "'nature_cnn[channels_last=false,inference_copy=false],mobilenetv4_nano_rl[norm=gn]', "
                              "'mnv4_conv_small[pretrained=model.safetensors,freeze_backbone=true]', or "
                              "'mnv4_conv_small[pretrained=model.safetensors,encode_once=true]' (frozen encoder "
-                             "computed once per env step, MlpPolicy on its features)")
+                             "computed once per env step, MlpPolicy on its features); for SAC/TD3/TQC/CrossQ "
+                             "'nature_cnn[encoder_sharing=critic,augment_shift=4]' (DrQ-v2)")
     parser.add_argument("--preprocess", default="none",
                         help="comma-separated stages name[:weights] run before each backbone, e.g. "
                              "'bicubic,flexnet_rl:runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt'")
@@ -273,9 +282,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--eval-every must be >= 1 and needs --eval-episodes >= 1")
     for name, options in backbones:  # unknown names and options fail now, not after an hour of training
         try:
-            check_keywords({k: v for k, v in options.items() if k != "encode_once"},
-                           accepted_keywords(rlvision.backbone_info(name).builder), f"--backbones entry {name!r}",
-                           extra=EXTRACTOR_KEYWORDS + ("encode_once",))
+            check_keywords(options, accepted_keywords(rlvision.backbone_info(name).builder),
+                           f"--backbones entry {name!r}", extra=EXTRACTOR_KEYWORDS + RUN_OPTIONS)
         except ValueError as error:
             parser.error(str(error))
     for stage in stages:

@@ -233,11 +233,13 @@ def check(trials: list[dict], parser: argparse.ArgumentParser) -> None:
     from rlvision.checks import accepted_keywords, check_keywords
     from rlvision.extractors import EXTRACTOR_KEYWORDS
 
+    from experiments.compare_backbones import RUN_OPTIONS
+
     for t in trials:
         name, options = t["backbone"]
         try:
             check_keywords(options, accepted_keywords(rlvision.backbone_info(name).builder), f"backbone {name!r}",
-                           extra=EXTRACTOR_KEYWORDS)
+                           extra=EXTRACTOR_KEYWORDS + RUN_OPTIONS)
             if t["algo"] not in ALGOS:
                 raise ValueError(f"unknown algo {t['algo']!r}; choose from {sorted(ALGOS)}")
             if t["steps"] < 1 or t["n_envs"] < 1 or t["eval_episodes"] < 1 or t["cpus"] < 1 or t["gpu"] < 0:

@@ -94,3 +94,35 @@ def test_peak_memory_column_is_per_run(tmp_path):
     assert light < heavy - 150, (heavy, light)
     same = compare_backbones.main(common + ["--logdir", str(tmp_path / "same"), "--same-process"])
     assert same[1]["peak_memory_mb"] > light + 150  # what the column showed before: the earlier run's cache
+
+
+def test_compare_backbones_drqv2_sharing_and_learning_curves(tmp_path):
+    rows = compare_backbones.main(["--env", "SyntheticPixelContinuous-v0", "--env-kwargs", "{size: 36, grid: 3}",
+                                   "--algo", "sac", "--backbones", "nature_cnn[encoder_sharing=critic,augment_shift=2]",
+                                   "--steps", "96", "--n-envs", "1", "--eval-episodes", "2", "--eval-every", "48",
+                                   "--hyperparams", "{buffer_size: 200, learning_starts: 32, batch_size: 16}",
+                                   "--logdir", str(tmp_path), "--no-progress", "--same-process"])
+    assert rows[0]["backbone"] == "nature_cnn[encoder_sharing=critic,augment_shift=2]"
+    import json
+
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert [p["steps"] for p in curves[rows[0]["backbone"]]] == [0, 48, 96]
+    with pytest.raises(SystemExit):
+        compare_backbones.main(["--backbones", "nature_cnn[encoder_sharin=critic]", "--logdir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("algo", ["dqn", "qrdqn", "td3"])
+def test_compare_backbones_reports_the_encoder_of_q_and_actor_critic_policies(algo, tmp_path):
+    env = "SyntheticPixelContinuous-v0" if algo == "td3" else "SyntheticPixel-v0"
+    rows = compare_backbones.main(["--env", env, "--env-kwargs", "{size: 36, grid: 3}", "--algo", algo,
+                                   "--backbones", "nature_cnn", "--steps", "48", "--n-envs", "1",
+                                   "--hyperparams", "{buffer_size: 100, learning_starts: 16, batch_size: 8}",
+                                   "--logdir", str(tmp_path), "--no-progress", "--same-process"])
+    import numpy as np
+    from gymnasium import spaces
+
+    from rlvision import VisionExtractor
+
+    one_encoder = VisionExtractor(spaces.Box(0, 255, (3, 36, 36), dtype=np.uint8), "nature_cnn")
+    assert rows[0]["params"] == sum(p.numel() for p in one_encoder.parameters())  # one encoder, not the critic's too
+    assert rows[0]["mflops"] > 0

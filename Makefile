@@ -73,12 +73,13 @@ bench-gpu: $(STAMP)
 	$(BIN)/python experiments/compare_backbones.py --device cuda --env ALE/Pong-v5 --steps 16384 \
 		--backbones nature_cnn,mobilenetv4_nano_rl,mnv4_conv_small --logdir runs/bench-gpu-ppo --no-progress
 
-# Issue 12: which encoder learns best per unit of compute (Ray Tune sweeps; about 1.5 hours on 2 cores).
+# Issue 12: which encoder learns best per unit of compute (Ray Tune sweeps; about 2 hours on 2 cores).
 # Rerun to resume an interrupted sweep. On a GPU machine add SWEEP_ARGS='--gpu 0.25 --cpus 2'.
 SWEEP_ARGS ?=
 bench-learning: $(STAMP)
 	$(BIN)/python experiments/sweep.py --config experiments/configs/sweep_learning.yaml --out runs/sweep-learning $(SWEEP_ARGS)
 	$(BIN)/python experiments/sweep.py --config experiments/configs/sweep_norms.yaml --out runs/sweep-norms $(SWEEP_ARGS)
+	$(BIN)/python experiments/sweep.py --config experiments/configs/sweep_drqv2.yaml --out runs/sweep-drqv2 $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache

@@ -2,9 +2,9 @@
 
 - :class:`InferenceCopy`: an inference-only twin of a module: BatchNorm folded into convs, channels_last,
   ``torch.inference_mode``, re-synced from the training weights only when they have changed (once per rollout in
-  PPO). On CUDA its forward is captured once per input shape in a CUDA graph and replayed.
-- :class:`CudaGraphRunner`: capture-once, replay-many for any module whose forward is capturable. A small forward
-  at the rollout batch is bound by kernel launches (a MobileNet launches ~100 of them); a replay launches one.
+  PPO). On CUDA its forward is captured once per input shape in a CUDA graph and replayed
+  (:class:`rlvision.cuda_graphs.CudaGraphRunner`: a small forward at the rollout batch is bound by kernel launches,
+  a MobileNet launches ~100 of them; a replay launches one).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import warnings
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from .cuda_graphs import CudaGraphRunner  # noqa: F401  (also importable from here, as before)
 
 
 def foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
@@ -31,71 +33,6 @@ def foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + conv_name, prefix + bn_name))
     return pairs
-
-
-class CudaGraphRunner:
-    """Replay ``module(x)`` from a CUDA graph captured for each input shape, under ``torch.inference_mode``.
-
-    The graph reads the module's parameters and buffers where they are: change them only in place (``copy_``) and
-    every graph stays valid; after replacing a tensor or moving the module, call :meth:`reset`. The returned tensor
-    is the graph's static output, overwritten by the next replay of that shape: clone it to keep it. At most
-    ``max_shapes`` shapes are kept (then the oldest is dropped). All graphs share one memory pool.
-    If capturing fails (an op that cannot be captured, e.g. one that synchronises with the host), the runner
-    raises the capture error once; callers fall back to eager execution (see :class:`InferenceCopy`).
-
-    :param module: any module; its forward must be a pure function of ``x`` and its tensors.
-    :param warmup: eager calls on a side stream before capture (cuDNN picks its algorithms there).
-    """
-
-    def __init__(self, module: nn.Module, max_shapes: int = 8, warmup: int = 2):
-        self.module, self.max_shapes, self.warmup = module, max_shapes, warmup
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self.pool = None
-        self.captures = 0
-
-    def reset(self) -> None:
-        """Drop every graph (after the module's tensors were replaced rather than updated in place)."""
-        self.graphs.clear()
-        self.pool = None
-
-    def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
-        static_in = torch.empty_like(x)
-        static_in.copy_(x)
-        stream = torch.cuda.Stream(device=x.device)
-        stream.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(self.warmup):
-                self.module(static_in)
-        torch.cuda.current_stream(x.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # a capture that fails part-way leaves the CUDA RNG marked as capturing, and every later random op (SB3's
-        # action sampling) would fail: keep a copy of its state to put back
-        generator = torch.cuda.default_generators[x.device.index if x.device.index is not None
-                                                  else torch.cuda.current_device()]
-        rng_state = generator.clone_state()
-        try:
-            with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
-                static_out = self.module(static_in)
-        except Exception:
-            generator.graphsafe_set_state(rng_state)
-            torch.cuda.synchronize(x.device)
-            raise
-        if self.pool is None:
-            self.pool = graph.pool()
-        self.captures += 1
-        return graph, static_in, static_out
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
-        entry = self.graphs.get(key)
-        if entry is None:
-            if len(self.graphs) >= self.max_shapes:
-                self.graphs.pop(next(iter(self.graphs)))
-            entry = self.graphs[key] = self._capture(x)
-        graph, static_in, static_out = entry
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
 
 
 class InferenceCopy:

@@ -1,5 +1,6 @@
 """``make_agent(algo, env, backbone=...)``: SB3's PPO, A2C, DQN, SAC, TD3 and sb3-contrib's RecurrentPPO,
-MaskablePPO, TRPO, QR-DQN, TQC, CrossQ on image observations, named by lowercased class name.
+MaskablePPO, TRPO, QR-DQN, TQC, CrossQ, and rlvision's GraphedPPO (SB3's PPO with CUDA-graph updates: rlvision.ppo), on
+image observations, named by lowercased class name.
 
 Defaults follow RL Zoo's Atari / image-env settings (hyperparams/*.yml); anything passed as a keyword overrides them.
 Replay-buffer algorithms check the buffer's memory for the observation shape before SB3 allocates it.
@@ -20,13 +21,14 @@ from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlvision import drqv2_policy, policy_kwargs as vision_policy_kwargs
-from rlvision.checks import accepted_keywords, check_int, check_keywords, check_range
+from rlvision.checks import check_int, check_keywords, check_range, init_keywords
 from rlvision.extractors import ENCODER_SHARING
 
 # name -> "module:Class"; sb3-contrib's are imported only when asked for (extra: rlvision[contrib])
 ALGOS: dict[str, str] = {
     "ppo": "stable_baselines3:PPO", "a2c": "stable_baselines3:A2C", "dqn": "stable_baselines3:DQN",
     "sac": "stable_baselines3:SAC", "td3": "stable_baselines3:TD3",
+    "graphedppo": "rlvision.ppo:GraphedPPO",  # SB3's PPO, its update replayed from CUDA graphs (rlvision.ppo)
     "recurrentppo": "sb3_contrib:RecurrentPPO", "maskableppo": "sb3_contrib:MaskablePPO", "trpo": "sb3_contrib:TRPO",
     "qrdqn": "sb3_contrib:QRDQN", "tqc": "sb3_contrib:TQC", "crossq": "sb3_contrib:CrossQ",
 }
@@ -68,6 +70,7 @@ _SAC = dict(buffer_size=50_000, learning_rate=3e-4, batch_size=256, learning_sta
             gradient_steps=1)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": dict(_PPO),
+    "graphedppo": dict(_PPO),
     "a2c": dict(n_steps=5, learning_rate=7e-4, vf_coef=0.25, ent_coef=0.01),
     "dqn": dict(_DQN),
     "sac": dict(_SAC, ent_coef="auto"),
@@ -147,8 +150,9 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", fe
     cls = algo_class(algo)
     check_int("features_dim", features_dim)
     check_range("memory_fraction", memory_fraction, 0.0, 1.0, low_open=True)
-    accepted = [k for k in accepted_keywords(cls.__init__) or []
-                if k not in ("self", "policy", "env", "_init_setup_model")]
+    accepted = init_keywords(cls)
+    if accepted is not None:
+        accepted = [k for k in accepted if k not in ("self", "policy", "env", "_init_setup_model")]
     check_keywords(hyperparams, accepted, f"make_agent({algo!r}) hyperparameters")
     if algo in CONTINUOUS and not isinstance(env.action_space, spaces.Box):
         raise ValueError(f"{cls.__name__} needs a continuous (Box) action space, got {env.action_space}; use PPO, "

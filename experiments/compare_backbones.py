@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rlvision  # noqa: E402
-from rlvision.agents import PeriodicEvaluation, evaluate_agent, make_agent  # noqa: E402
+from rlvision.agents import ALGOS, PeriodicEvaluation, evaluate_agent, make_agent  # noqa: E402
 from rlvision.envs import make_env  # noqa: E402
 from rlvision.checks import accepted_keywords, check_keywords  # noqa: E402
 from rlvision.encode import VecEncode  # noqa: E402
@@ -39,8 +39,9 @@ from rlvision.profiler import PHASES, ThroughputProfiler  # noqa: E402
 
 
 # bracket options that configure the run rather than the extractor: a frozen encoder run once per env step
-# (rlvision.encode), and SAC-style encoder sharing ("separate" | "actor" | "critic" = DrQ-v2, rlvision.drq)
-RUN_OPTIONS = ("encode_once", "encoder_sharing")
+# (rlvision.encode), SAC-style encoder sharing ("separate" | "actor" | "critic" = DrQ-v2, rlvision.drq), and the
+# algorithm of this entry instead of --algo (e.g. 'nature_cnn[algo=graphedppo]' next to 'nature_cnn')
+RUN_OPTIONS = ("encode_once", "encoder_sharing", "algo")
 
 
 def make(args: argparse.Namespace, n_envs: int, seed: int):
@@ -98,11 +99,12 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
     options = dict(options or {})
     encode_once = options.pop("encode_once", False)
     sharing = {"encoder_sharing": options.pop("encoder_sharing")} if "encoder_sharing" in options else {}
+    algo = options.pop("algo", args.algo)
     env = make(args, args.n_envs, args.seed)
     obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32) / 255
     if encode_once:
         env = VecEncode(env, backbone, device=args.device, **options)
-    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, device=args.device,
+    model = make_agent(algo, env, backbone=backbone, seed=args.seed, device=args.device,
                        backbone_kwargs=encoder_kwargs(args, stage, options), **sharing, **args.hyperparams)
     model.set_logger(configure_logger(os.path.join(args.logdir, label), ["tensorboard"]))  # no "_1" suffix
     # the encoder whose size is reported: the policy's first (SAC-style policies: the actor's; DQN: the Q network's)
@@ -145,10 +147,10 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
         row.update(eval_return=round(result["mean_return"], 3), success_rate=result["success_rate"])
         eval_env.close()
     if args.measure_overhead and not encode_once:
-        row.update(measure_overhead(args, backbone, stage, options))
+        row.update(measure_overhead(args, backbone, stage, options, algo=algo))
     env.close()
     with SummaryWriter(os.path.join(args.logdir, label)) as writer:
-        writer.add_hparams({"backbone": label, "preprocess": stage or "none", "algo": args.algo, "env": args.env, "steps": args.steps,
+        writer.add_hparams({"backbone": label, "preprocess": stage or "none", "algo": algo, "env": args.env, "steps": args.steps,
                             "n_envs": args.n_envs, "seed": args.seed},
                            {f"summary/{k}": float(v) for k, v in row.items()
                             if isinstance(v, (int, float)) and k != "steps"}, run_name=".")
@@ -166,10 +168,10 @@ def run_isolated(args: argparse.Namespace, backbone: str, stage: str | None, opt
 
 
 def measure_overhead(args: argparse.Namespace, backbone: str, stage: str | None, options: dict | None = None,
-                     chunks: int = 4) -> dict:
+                     chunks: int = 4, algo: str | None = None) -> dict:
     """FPS with and without the profiler, training one model in alternating chunks so machine drift cancels."""
     env = make(args, args.n_envs, args.seed)
-    model = make_agent(args.algo, env, backbone=backbone, seed=args.seed, device=args.device,
+    model = make_agent(algo or args.algo, env, backbone=backbone, seed=args.seed, device=args.device,
                        backbone_kwargs=encoder_kwargs(args, stage, options), **args.hyperparams)
     model.set_logger(configure_logger(None, []))
     chunk = max(args.steps // chunks, getattr(model, "n_steps", 1) * args.n_envs)
@@ -280,10 +282,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
     if args.eval_every is not None and (args.eval_every < 1 or not args.eval_episodes):
         parser.error("--eval-every must be >= 1 and needs --eval-episodes >= 1")
+    if args.algo not in ALGOS:
+        parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
     for name, options in backbones:  # unknown names and options fail now, not after an hour of training
         try:
             check_keywords(options, accepted_keywords(rlvision.backbone_info(name).builder),
                            f"--backbones entry {name!r}", extra=EXTRACTOR_KEYWORDS + RUN_OPTIONS)
+            if options.get("algo", args.algo) not in ALGOS:
+                raise ValueError(f"--backbones entry {name!r}: unknown algo {options['algo']!r}; choose one of "
+                                 f"{sorted(ALGOS)}")
         except ValueError as error:
             parser.error(str(error))
     for stage in stages:

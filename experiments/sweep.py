@@ -239,7 +239,7 @@ def check(trials: list[dict], parser: argparse.ArgumentParser) -> None:
         name, options = t["backbone"]
         try:
             check_keywords(options, accepted_keywords(rlvision.backbone_info(name).builder), f"backbone {name!r}",
-                           extra=EXTRACTOR_KEYWORDS + RUN_OPTIONS)
+                           extra=EXTRACTOR_KEYWORDS + tuple(o for o in RUN_OPTIONS if o != "algo"))
             if t["algo"] not in ALGOS:
                 raise ValueError(f"unknown algo {t['algo']!r}; choose from {sorted(ALGOS)}")
             if t["steps"] < 1 or t["n_envs"] < 1 or t["eval_episodes"] < 1 or t["cpus"] < 1 or t["gpu"] < 0:

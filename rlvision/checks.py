@@ -21,6 +21,23 @@ def accepted_keywords(builder: Callable[..., Any]) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def init_keywords(cls: type) -> list[str] | None:
+    """The keyword arguments ``cls(...)`` takes: its ``__init__``'s and, where that forwards ``**kwargs``, its base
+    classes' (e.g. a subclass of an SB3 algorithm); None when the chain ends in ``**kwargs``."""
+    import inspect
+
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
 def check_keywords(kwargs: dict[str, Any], accepted: list[str] | None, what: str, extra: tuple[str, ...] = ()) -> None:
     """A ValueError naming each unknown keyword, a close match, and every accepted keyword of ``what``."""
     if accepted is None:

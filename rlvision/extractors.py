@@ -21,7 +21,8 @@ from .pretrained import ImageNetNormalize
 from .registry import backbone_info, create_backbone
 
 # SB3's algorithms and sb3-contrib's, by lowercased class name
-ON_POLICY = ("ppo", "a2c", "recurrentppo", "maskableppo", "trpo")
+PPO_FAMILY = ("ppo", "graphedppo", "recurrentppo", "maskableppo")  # graphedppo: rlvision.ppo.GraphedPPO
+ON_POLICY = (*PPO_FAMILY, "a2c", "trpo")
 OFF_POLICY = ("sac", "td3", "dqn", "qrdqn", "tqc", "crossq")
 Q_LEARNING = ("dqn", "qrdqn")  # one network: no share_features_extractor key
 ENCODER_SHARING = ("separate", "actor", "critic")  # SAC-style: two encoders, SB3's shared mode, DrQ-v2's (rlvision.drq)
@@ -378,7 +379,7 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
                                        pool=pool, **backbone_kwargs),
     )
     if algo not in Q_LEARNING:
-        kwargs["share_features_extractor"] = algo in ("ppo", "a2c", "recurrentppo", "maskableppo")
+        kwargs["share_features_extractor"] = algo in (*PPO_FAMILY, "a2c")
     if encoder_sharing is not None:
         if algo not in ("sac", "td3", "tqc", "crossq") or encoder_sharing not in ENCODER_SHARING:
             raise ValueError(f"encoder_sharing must be one of {ENCODER_SHARING} and applies to sac, td3, tqc and "
@@ -386,7 +387,7 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
         kwargs["share_features_extractor"] = encoder_sharing != "separate"
     if algo == "recurrentppo":
         kwargs.update(lstm_hidden_size=128, enable_critic_lstm=False)
-    adam_defaults = dict(eps=1e-5) if algo in ("ppo", "recurrentppo", "maskableppo", "trpo") else (
+    adam_defaults = dict(eps=1e-5) if algo in (*PPO_FAMILY, "trpo") else (
         dict(betas=(0.5, 0.999)) if algo == "crossq" else {})
     if fused_optimizer and algo != "a2c":  # SB3's A2C uses RMSprop
         kwargs["optimizer_kwargs"] = dict(adam_defaults, fused=True)

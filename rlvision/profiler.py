@@ -47,13 +47,15 @@ def reset_peak_memory() -> None:
 
 
 class _Clock:
-    """perf_counter, synchronising CUDA first when the model runs there (nothing extra on CPU)."""
+    """perf_counter, synchronising CUDA first when the model runs there (nothing extra on CPU). Not while a CUDA
+    graph is being captured (a sync would break the capture; the captured work is timed when it is replayed, as
+    one call: rlvision.ppo.GraphedPPO's minibatch updates then count as "other", not forward/backward/optimizer)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
     def __call__(self) -> float:
-        if self.cuda:
+        if self.cuda and not torch.cuda.is_current_stream_capturing():
             torch.cuda.synchronize()
         return time.perf_counter()
 

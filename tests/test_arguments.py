@@ -72,6 +72,8 @@ def test_bad_argument_is_named(case, env):
     (["--n-envs", "-2"], "--n-envs must be >= 1"),
     (["--eval-episodes", "-1"], "--eval-episodes must be >= 0"),
     (["--backbones", "mobilenetv4_nano_rl[nrom=gn]"], r"'nrom' \(did you mean 'norm'\?\)"),
+    (["--backbones", "nature_cnn[algo=grapheppo]"], "unknown algo 'grapheppo'"),
+    (["--algo", "ppo2"], "--algo 'ppo2' is not one of"),
 ])
 def test_compare_backbones_options_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit):

@@ -111,6 +111,16 @@ def test_compare_backbones_drqv2_sharing_and_learning_curves(tmp_path):
         compare_backbones.main(["--backbones", "nature_cnn[encoder_sharin=critic]", "--logdir", str(tmp_path)])
 
 
+def test_compare_backbones_runs_another_algo_per_entry(tmp_path):
+    """'name[algo=graphedppo]' next to 'name' under --algo ppo: the same encoder, two algorithms, one table."""
+    rows = compare_backbones.main(["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 36, grid: 3}",
+                                   "--backbones", "nature_cnn,nature_cnn[algo=graphedppo]", "--steps", "64",
+                                   "--n-envs", "2", "--hyperparams", "{n_steps: 32, batch_size: 32}",
+                                   "--logdir", str(tmp_path), "--no-progress", "--same-process"])
+    assert [r["backbone"] for r in rows] == ["nature_cnn", "nature_cnn[algo=graphedppo]"]
+    assert rows[0]["params"] == rows[1]["params"] and all(r["steps"] == 64 for r in rows)
+
+
 @pytest.mark.parametrize("algo", ["dqn", "qrdqn", "td3"])
 def test_compare_backbones_reports_the_encoder_of_q_and_actor_critic_policies(algo, tmp_path):
     env = "SyntheticPixelContinuous-v0" if algo == "td3" else "SyntheticPixel-v0"

@@ -61,9 +61,14 @@ bench-speed: $(STAMP)
 		--steps 3072 --logdir runs/bench-pong-speed --no-progress
 	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones mobilenetv4_nano_rl --threads 1 \
 		--steps 3072 --logdir runs/bench-pong-1thread --no-progress
+	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --steps 3072 --logdir runs/bench-graphedppo-cpu \
+		--backbones 'nature_cnn,nature_cnn[algo=graphedppo],mobilenetv4_nano_rl,mobilenetv4_nano_rl[algo=graphedppo]' \
+		--no-progress
 	# the norm-choice table: make bench-learning (issue 12, 3 seeds with CIs)
 
 # Issue 10/14 GPU figures (needs a CUDA machine; about 10 minutes, plus torch.compile's tuning if not skipped).
+# SB3's PPO next to GraphedPPO (its update replayed from CUDA graphs; eager on CPU), the same encoders
+GRAPHED_PPO := nature_cnn,nature_cnn[algo=graphedppo],mobilenetv4_nano_rl,mobilenetv4_nano_rl[algo=graphedppo],mnv4_conv_small,mnv4_conv_small[algo=graphedppo]
 SMALL_BACKBONES := nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
 bench-gpu: $(STAMP)
 	$(BIN)/python experiments/bench_speed.py --device cuda --backbones $(SMALL_BACKBONES) --train-backbones '' \
@@ -71,7 +76,7 @@ bench-gpu: $(STAMP)
 	$(BIN)/python experiments/bench_speed.py --device cuda --backbones '' \
 		--train-backbones mobilenetv4_nano_rl,nature_cnn --no-compile --train-rounds 20 --out runs/bench-gpu-train
 	$(BIN)/python experiments/compare_backbones.py --device cuda --env ALE/Pong-v5 --steps 16384 \
-		--backbones nature_cnn,mobilenetv4_nano_rl,mnv4_conv_small --logdir runs/bench-gpu-ppo --no-progress
+		--backbones '$(GRAPHED_PPO)' --logdir runs/bench-gpu-ppo --no-progress
 
 # Issue 12: which encoder learns best per unit of compute (Ray Tune sweeps; about 2 hours on 2 cores).
 # Rerun to resume an interrupted sweep. On a GPU machine add SWEEP_ARGS='--gpu 0.25 --cpus 2'.

@@ -1,8 +1,11 @@
 import os
 import sys
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -38,3 +41,15 @@ def tolerance(device: str) -> dict:
     float32 rounding (CPU, or CUDA with TF32 off), or TF32's 10-bit mantissa in cuDNN convolutions (CUDA default)."""
     tf32 = device == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
     return dict(atol=2e-2, rtol=2e-2) if tf32 else dict(atol=1e-5, rtol=1e-4)
+
+
+class WithPosition(gym.ObservationWrapper):
+    """Dict observation: the (channel-last) image of SyntheticPixelEnv and the agent's cell as a vector."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = spaces.Dict({"pixels": env.observation_space,
+                                              "position": spaces.Box(0, 10, (2,), dtype=np.float32)})
+
+    def observation(self, obs):
+        return {"pixels": obs, "position": self.unwrapped._agent.astype(np.float32)}

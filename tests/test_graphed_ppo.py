@@ -3,11 +3,9 @@ is captured in CUDA graphs on CUDA (rlvision.cuda_graphs.CudaGraphStep)."""
 
 import warnings
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 from torch import nn
@@ -17,20 +15,9 @@ from rlvision.agents import make_agent
 from rlvision.cuda_graphs import CudaGraphStep
 from rlvision.envs import SyntheticPixelEnv, make_env
 from rlvision.ppo import GraphedPPO
+from tests.conftest import WithPosition
 
 SMALL = dict(size=36, grid=3)
-
-
-class WithPosition(gym.ObservationWrapper):
-    """Dict observation: the image and the agent's cell as a vector."""
-
-    def __init__(self, env):
-        super().__init__(env)
-        self.observation_space = spaces.Dict({"pixels": env.observation_space,
-                                              "position": spaces.Box(0, 10, (2,), dtype=np.float32)})
-
-    def observation(self, obs):
-        return {"pixels": obs, "position": self.unwrapped._agent.astype(np.float32)}
 
 
 def _train(cls, device, env_id="SyntheticPixel-v0", backbone="nature_cnn", dict_obs=False, steps=256, **hyper):

@@ -12,22 +12,11 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
 import rlvision
+from tests.conftest import WithPosition
 from rlvision.envs import SyntheticPixelEnv
 
 SMALL = dict(size=36, grid=3)
 FAST = dict(n_steps=16, batch_size=16, n_epochs=1)
-
-
-class WithPosition(gym.ObservationWrapper):
-    """Dict observation: the channel-last image and the agent's cell as a vector."""
-
-    def __init__(self, env):
-        super().__init__(env)
-        self.observation_space = spaces.Dict({"pixels": env.observation_space,
-                                              "position": spaces.Box(0, 10, (2,), dtype=np.float32)})
-
-    def observation(self, obs):
-        return {"pixels": obs, "position": self.unwrapped._agent.astype(np.float32)}
 
 
 class FloatFrames(gym.ObservationWrapper):

@@ -173,6 +173,11 @@ class CudaGraphStep:
                 return self.step(*inputs)
             entry = self.graphs[key] = graph, static, out
             self.captures += 1
+        return self.replay(entry, inputs)
+
+    def replay(self, entry: tuple, inputs: tuple[torch.Tensor, ...]) -> Any:
+        """Copy ``inputs`` into the captured graph ``entry``'s static inputs and replay it (its own method, so that
+        rlvision.profiler can time replays: hooks inside the step do not run in a replay)."""
         graph, static, out = entry
         for dst, src in zip(static, inputs):
             dst.copy_(src)

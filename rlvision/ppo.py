@@ -124,11 +124,13 @@ class GraphedPPO(PPO):
         super().__init__(*args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_update"]
+        return [*super()._excluded_save_params(), "_update", "graph_step"]
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        self._update = None  # (built from the first rollout)
+        self._update = None  # (the static rollout and what the graphs read, from the first update on)
+        self.graph_step = CudaGraphStep(self._minibatch_update, warmup=self.graph_warmup,
+                                        enabled=self.graphs_enabled, capture_context=_no_distribution_checks)
 
     @property
     def graphs_enabled(self) -> bool:
@@ -138,7 +140,7 @@ class GraphedPPO(PPO):
     @property
     def graph_captures(self) -> int:
         """How many minibatch updates were captured so far (0 off CUDA)."""
-        return 0 if self._update is None else self._update[1].captures
+        return self.graph_step.captures
 
     def _update_learning_rate(self, optimizers) -> None:
         """SB3's, but a tensor learning rate (a captured Adam step reads it) is updated in place."""
@@ -217,18 +219,17 @@ class GraphedPPO(PPO):
         self.policy.optimizer.step()
         return torch.stack([policy_loss, value_loss, entropy_loss, clip_fraction, approx_kl, loss]).detach()
 
-    def _prepare_update(self) -> tuple[_StaticRollout, CudaGraphStep]:
+    def _prepare_update(self) -> _StaticRollout:
         buffer = self.rollout_buffer
         if self._update is None or not self._update[0].fits(buffer):
-            step = CudaGraphStep(self._minibatch_update, warmup=self.graph_warmup, enabled=self.graphs_enabled,
-                                 capture_context=_no_distribution_checks)
-            self._update = (_StaticRollout(buffer, self.observation_space, self.device), step, None)
-        rollout, step, signature = self._update
-        step.enabled = self.graphs_enabled
+            self._update = (_StaticRollout(buffer, self.observation_space, self.device), None)
+            self.graph_step.reset()
+        rollout, signature = self._update
+        self.graph_step.enabled = self.graphs_enabled
         self._prepare_optimizer()
         if self._signature() != signature:  # (as the last update left it)
-            step.reset()
-        return rollout, step
+            self.graph_step.reset()
+        return rollout
 
     def train(self) -> None:
         """One PPO update on the collected rollout (SB3's algorithm and logs; see the module docstring)."""
@@ -238,7 +239,7 @@ class GraphedPPO(PPO):
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
-        rollout, step = self._prepare_update()
+        rollout = self._prepare_update()
         rollout.load(self.rollout_buffer)
         rollout.set_scalars(clip_range, clip_range_vf, self.ent_coef, self.vf_coef)
 
@@ -251,11 +252,11 @@ class GraphedPPO(PPO):
         for order in orders:
             kl = torch.zeros((), dtype=torch.float64, device=self.device)  # SB3 logs the last epoch's KL
             for start in range(0, n, self.batch_size):
-                stats = step(order[start:start + self.batch_size])
+                stats = self.graph_step(order[start:start + self.batch_size])
                 sums += stats[:4]
                 kl += stats[4]
             self._n_updates += 1
-        self._update = (rollout, step, self._signature())  # what the graphs read (Adam's state exists by now)
+        self._update = (rollout, self._signature())  # what the graphs read (Adam's state exists by now)
         pg, value, entropy, clip, kl, loss = torch.cat(
             [sums / (batches * self.n_epochs), (kl / batches)[None], stats[5:].double()]).tolist()
 

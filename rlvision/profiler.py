@@ -1,10 +1,11 @@
 """Where the time goes in the RL loop, per backbone.
 
 - :class:`ThroughputProfiler`: an SB3 callback that splits every rollout/train cycle into env stepping, policy
-  forward during rollouts, preprocessing-stage forward, training forward, backward, optimizer step and the rest,
-  and logs seconds, shares and rates under ``rlvision/...`` next to SB3's ``time/fps``. It installs its timers
-  (a wrapper on the VecEnv's step, forward hooks on the policy's modules, wrappers on ``Tensor.backward`` and the
-  optimizers' ``step``) when training starts and removes them when it ends; it changes nothing that is computed.
+  forward during rollouts, preprocessing-stage forward, training forward, backward, optimizer step, training steps
+  replayed from CUDA graphs and the rest, and logs seconds, shares and rates under ``rlvision/...`` next to SB3's
+  ``time/fps``. It installs its timers (a wrapper on the VecEnv's step, forward hooks on the policy's modules,
+  wrappers on ``Tensor.backward``, the optimizers' ``step`` and CUDA-graph replays) when training starts and removes
+  them when it ends; it changes nothing that is computed.
 Encoder micro-benchmarks (the encoder alone, outside the RL loop) live in :mod:`rlvision.benchmark`.
 """
 
@@ -19,7 +20,11 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
-PHASES = ("env", "rollout_forward", "train_forward", "backward", "optimizer", "other")
+from .cuda_graphs import CudaGraphStep
+
+# train_graph: training steps replayed from a CUDA graph (rlvision.ppo.GraphedPPO), forward, backward and optimizer
+# in one launch that no hook can split
+PHASES = ("env", "rollout_forward", "train_forward", "backward", "optimizer", "train_graph", "other")
 
 
 def peak_memory_mb() -> float:
@@ -49,7 +54,7 @@ def reset_peak_memory() -> None:
 class _Clock:
     """perf_counter, synchronising CUDA first when the model runs there (nothing extra on CPU). Not while a CUDA
     graph is being captured (a sync would break the capture; the captured work is timed when it is replayed, as
-    one call: rlvision.ppo.GraphedPPO's minibatch updates then count as "other", not forward/backward/optimizer)."""
+    one call: GraphedPPO's minibatch updates count as "train_graph", not forward/backward/optimizer)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -96,6 +101,7 @@ class ThroughputProfiler(BaseCallback):
         self._install_forward_hooks(self.model.policy)
         self._install_backward_timer()
         self._install_optimizer_timers(self.model.policy)
+        self._install_graph_step_timers(self.model)
         now = self._clock()
         self._cycle_start = self._phase_start = self._last_record = now
 
@@ -174,6 +180,19 @@ class ThroughputProfiler(BaseCallback):
                 step = self._counting(step)
             opt.step = step
             self._undo.append(lambda opt=opt: delattr(opt, "step"))
+
+    def _install_graph_step_timers(self, model) -> None:
+        """Time the replays of any CudaGraphStep the algorithm holds and count their rows as training samples (its
+        eager calls, warm-up and capture, go through the hooks and the optimizer timer above)."""
+        for graph_step in [v for v in vars(model).values() if isinstance(v, CudaGraphStep)]:
+            replay = self._timed("train_graph", graph_step.replay)
+
+            def counting_replay(entry, inputs, replay=replay):
+                self._counts["train_samples"] += int(inputs[0].shape[0])
+                return replay(entry, inputs)
+
+            graph_step.replay = counting_replay
+            self._undo.append(lambda graph_step=graph_step: delattr(graph_step, "replay"))
 
     def _counting(self, step: Callable) -> Callable:
         def counting_step(*args, **kwargs):

@@ -60,7 +60,7 @@ def test_same_weights_and_logs_as_sb3_ppo(case, device, exact_cuda):
         torch.testing.assert_close(_flat(ours), _flat(theirs), atol=1e-4, rtol=1e-3)
         if "target_kl" not in case:
             assert ours.graph_captures == 2  # minibatches of 24 and of 16 rows
-            assert ours._update[1].error is None
+            assert ours.graph_step.error is None
     logs, expected = ours.logger.name_to_value, theirs.logger.name_to_value
     assert set(logs) == set(expected)
     for key, value in expected.items():
@@ -91,9 +91,8 @@ def test_replaced_optimizer_state_means_a_new_capture(tmp_path):
     """Loading parameters from a file replaces the optimizer's state tensors: graphs that read the old ones go."""
     model = _train(GraphedPPO, "cpu", steps=64)
     model.save(tmp_path / "model.zip")
-    rollout, step, signature = model._update
     resets = []
-    step.reset = lambda: resets.append(1)
+    model.graph_step.reset = lambda: resets.append(1)
     model._prepare_update()
     assert resets == []  # nothing replaced: the graphs stay
     model.set_parameters(model.get_parameters())  # the same tensors (torch keeps them): nothing to capture again
@@ -166,10 +165,36 @@ def test_the_graph_bookkeeping_on_cpu(monkeypatch):
     group = ours.policy.optimizer.param_groups[0]
     assert group["capturable"] and isinstance(group["lr"], torch.Tensor)
     lr = group["lr"]
-    rollout, step, _ = ours._update
     resets = []
-    step.reset = lambda: resets.append(1)
+    ours.graph_step.reset = lambda: resets.append(1)
     ours.set_logger(configure(None, []))
     ours.learn(128, reset_num_timesteps=False)  # two more updates: the schedule moves the lr
     assert resets == [] and ours.policy.optimizer.param_groups[0]["lr"] is lr  # the same tensor, updated in place
     assert lr.item() == pytest.approx(ours.lr_schedule(ours._current_progress_remaining), rel=1e-6)
+
+
+def test_profiler_times_and_counts_graph_replays():
+    """Replays bypass forward hooks and the optimizer's step: the profiler times CudaGraphStep.replay as its own
+    phase and counts its rows as training samples (exercised with a stand-in graph, as CPUs have no CUDA graphs)."""
+    from rlvision.profiler import PHASES, ThroughputProfiler
+
+    assert "train_graph" in PHASES
+    model = _train(GraphedPPO, "cpu", steps=64)
+    profiler = ThroughputProfiler()
+    profiler.init_callback(model)
+    profiler.on_training_start(locals(), globals())
+
+    class Graph:
+        replays = 0
+
+        def replay(self):
+            Graph.replays += 1
+
+    out = torch.zeros(6)
+    idx = torch.arange(24)
+    before = profiler._counts["train_samples"]
+    assert model.graph_step.replay((Graph(), [torch.empty_like(idx)], out), (idx,)) is out
+    assert Graph.replays == 1 and profiler._counts["train_samples"] - before == 24
+    assert profiler._window["train_graph"] > 0
+    profiler.on_training_end()
+    assert "replay" not in vars(model.graph_step)  # the timer is removed after training

@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         for name, options in backbones:
             for stage in stages:
-                print(f"== {name} {options or ''} ({stage}): {args.algo.upper()} on {args.env}, {args.steps} steps, "
+                print(f"== {name} {options or ''} ({stage}): {options.get('algo', args.algo).upper()} on {args.env}, {args.steps} steps, "
                       f"{args.n_envs} envs", flush=True)
                 rows.append(run_isolated(args, name, stage, options) if args.process_per_run
                             else run_one(args, name, stage, options))

@@ -35,6 +35,7 @@ from rlvision.checks import accepted_keywords, check_keywords  # noqa: E402
 from rlvision.encode import VecEncode  # noqa: E402
 from rlvision.extractors import EXTRACTOR_KEYWORDS  # noqa: E402
 from rlvision.benchmark import count_flops  # noqa: E402
+from rlvision.diagnostics import EncoderDiagnostics  # noqa: E402
 from rlvision.profiler import PHASES, ThroughputProfiler  # noqa: E402
 
 
@@ -42,6 +43,8 @@ from rlvision.profiler import PHASES, ThroughputProfiler  # noqa: E402
 # (rlvision.encode), SAC-style encoder sharing ("separate" | "actor" | "critic" = DrQ-v2, rlvision.drq), and the
 # algorithm of this entry instead of --algo (e.g. 'nature_cnn[algo=graphedppo]' next to 'nature_cnn')
 RUN_OPTIONS = ("encode_once", "encoder_sharing", "algo")
+# the encoder diagnostics (rlvision.diagnostics) that go into the table (the full history: the row's "diagnostics")
+DIAGNOSTIC_COLUMNS = ("features_srank", "features_dormant", "grad_share")
 
 
 def make(args: argparse.Namespace, n_envs: int, seed: int):
@@ -112,7 +115,8 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
         m for m in model.policy.modules() if isinstance(m, (rlvision.VisionExtractor, rlvision.VisionCombinedExtractor)))
     obs = obs.to(model.device)
     profiler = ThroughputProfiler()
-    callbacks, evaluation = [profiler], None
+    diagnostics = EncoderDiagnostics()  # encoder/ in TensorBoard: acting/learning gap, srank, dormant units, ...
+    callbacks, evaluation = [profiler, diagnostics], None
     if getattr(args, "eval_every", None):
         eval_env = make(args, min(args.eval_episodes, 8), args.seed + 10_000)
         if encode_once:
@@ -134,6 +138,14 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
                peak_memory_mb=round(s["peak_memory_mb"]))
     if "cuda_peak_memory_mb" in s:
         row["cuda_peak_memory_mb"] = round(s["cuda_peak_memory_mb"])
+    if diagnostics.history:  # the last report, and the largest acting/learning gap seen
+        last = diagnostics.history[-1]
+        row.update({f"encoder_{k}": round(v, 4) for k, v in last.items() if k in DIAGNOSTIC_COLUMNS})
+        for key in ("action_kl", "value_rel_diff"):
+            values = [h[key] for h in diagnostics.history if key in h]
+            if values:
+                row[f"max_{key}"] = float(f"{max(values):.3g}")
+        row["diagnostics"] = diagnostics.history
     if evaluation is not None:
         last = evaluation.curve[-1]
         row.update(eval_return=round(last["eval_return"], 3), success_rate=last["success_rate"],
@@ -312,6 +324,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{args.n_envs} envs", flush=True)
                 rows.append(run_isolated(args, name, stage, options) if args.process_per_run
                             else run_one(args, name, stage, options))
+                rows[-1].pop("diagnostics", None)
                 curve = rows[-1].pop("curve", None)
                 if curve:
                     curves[rows[-1]["backbone"]] = curve

@@ -16,8 +16,10 @@
    unfinished ones start over.
 4. Results: per trial a TensorBoard run under ``OUT/tb`` and its row with the curve in ``OUT/trials/*.json``;
    ``OUT/summary.md`` / ``summary.csv`` per env, algo and backbone (final return: mean and 95% bootstrap CI over
-   seeds, IQM with >= 4 seeds, FPS, steps and seconds to the return threshold, parameters, FLOPs) and
-   ``OUT/curves.png`` (mean and CI band against env steps and against training seconds).
+   seeds, IQM with >= 4 seeds, FPS, steps and seconds to the return threshold, parameters, FLOPs, the largest
+   acting/learning gap logged, the final feature rank), ``OUT/curves.png`` (mean and CI band against env steps and
+   against training seconds) and ``OUT/diagnostics.png`` (the encoder diagnostics of the same trials:
+   rlvision.diagnostics, also in each trial's TensorBoard run under ``encoder/``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def summarize(rows: list[dict], thresholds: dict[str, float | None]) -> list[dic
                      ci95_low=round(low, 3), ci95_high=round(high, 3), iqm=round(interquartile_mean(final), 3),
                      fps=round(float(np.median([r["fps"] for r in runs])), 1), params=runs[0]["params"],
                      mflops=runs[0]["mflops"])
+        for key in ("action_kl", "value_rel_diff"):  # the largest acting/learning gap any seed logged
+            values = [r[f"max_{key}"] for r in runs if r.get(f"max_{key}") is not None]
+            if values:
+                entry[f"max_{key}"] = float(f"{max(values):.3g}")
+        srank = [r["encoder_features_srank"] for r in runs if "encoder_features_srank" in r]
+        if srank:
+            entry["final_srank"] = round(float(np.mean(srank)), 1)
         threshold = thresholds.get(env)
         if threshold is not None:
             steps = [first_crossing(r["curve"], threshold) for r in runs]
@@ -138,6 +147,46 @@ def plot_curves(rows: list[dict], path: str) -> None:
         ax_steps.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+DIAGNOSTICS = (("value_rel_diff", "acting/learning gap: value (relative RMS)", "log"),
+               ("action_kl", "acting/learning gap: action KL", "log"),
+               ("features_srank", "feature effective rank (srank, delta 0.01)", "linear"),
+               ("features_dormant", "dormant features (tau 0.025)", "linear"),
+               ("grad_share", "encoder's share of the gradient norm", "linear"))
+
+
+def plot_diagnostics(rows: list[dict], path: str) -> None:
+    """The encoder diagnostics of the same trials (rlvision.diagnostics), mean over seeds against env steps: one
+    line of panels per (env, algo), one panel per diagnostic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["env"], r["algo"]) for r in rows if r.get("diagnostics")})
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), len(DIAGNOSTICS), figsize=(4 * len(DIAGNOSTICS), 3.4 * len(panels)),
+                             squeeze=False)
+    for (env, algo), line in zip(panels, axes):
+        runs = [r for r in rows if (r["env"], r["algo"]) == (env, algo) and r.get("diagnostics")]
+        for backbone in dict.fromkeys(r["backbone"] for r in runs):
+            histories = [r["diagnostics"] for r in runs if r["backbone"] == backbone]
+            for ax, (key, title, scale) in zip(line, DIAGNOSTICS):
+                curves = [(np.array([h["steps"] for h in hist if key in h], float),
+                           np.array([h[key] for h in hist if key in h], float)) for hist in histories]
+                curves = [(x, y) for x, y in curves if x.size]
+                if not curves:
+                    continue
+                grid = np.linspace(max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves), 30)
+                mean = np.mean([np.interp(grid, x, y) for x, y in curves], axis=0)
+                ax.plot(grid, np.maximum(mean, 1e-9) if scale == "log" else mean, label=backbone)
+                ax.set(title=f"{env}: {title}" if ax is line[0] else title, xlabel="env steps", yscale=scale)
+        line[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -348,10 +397,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             writer.writeheader()
             writer.writerows(table)
         plot_curves(rows, os.path.join(out, "curves.png"))
+        plot_diagnostics(rows, os.path.join(out, "diagnostics.png"))
         print("\n" + markdown(table) + "\n")
     for error in errors:
         print(f"FAILED after retries: {error}")
-    print(f"{len(rows)}/{len(trials)} trials finished. Results in {out} (summary.md, summary.csv, curves.png); "
+    print(f"{len(rows)}/{len(trials)} trials finished. Results in {out} (summary.md, summary.csv, curves.png, "
+          f"diagnostics.png); "
           f"curves per run: tensorboard --logdir {os.path.join(out, 'tb')}")
     return table
 

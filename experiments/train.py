@@ -28,6 +28,7 @@ from stable_baselines3.common.logger import configure as configure_logger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rlvision.agents import evaluate_agent, make_agent  # noqa: E402
+from rlvision.diagnostics import EncoderDiagnostics  # noqa: E402
 from rlvision.agents.checkpoints import (CheckpointEvery, config_hash, latest_checkpoint, load_checkpoint,  # noqa: E402
                                 save_checkpoint)
 from rlvision.agents.factory import check_replay_buffer, DEFAULTS  # noqa: E402
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoints = CheckpointEvery(cfg["checkpoint_every"], checkpoint_dir, digest)
     start, first_step = time.perf_counter(), model.num_timesteps
     try:  # on resume: the remaining steps, in the same TensorBoard run, with the step count and schedules going on
-        model.learn(max(cfg["steps"] - model.num_timesteps, 0), callback=checkpoints,
+        model.learn(max(cfg["steps"] - model.num_timesteps, 0), callback=[checkpoints, EncoderDiagnostics()],
                     progress_bar=not args.no_progress, reset_num_timesteps=checkpoint is None)
     except KeyboardInterrupt:
         print("Interrupted: saving a checkpoint (continue with --resume) and evaluating what was trained so far.")

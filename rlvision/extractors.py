@@ -18,7 +18,7 @@ from .preprocess import create_preprocess, load_preprocess
 from .checks import accepted_keywords, check_int, check_keywords
 from .layers import RandomShift
 from .pretrained import ImageNetNormalize
-from .registry import backbone_info, create_backbone
+from .registry import INITS, backbone_info, create_backbone
 
 # SB3's algorithms and sb3-contrib's, by lowercased class name
 PPO_FAMILY = ("ppo", "graphedppo", "recurrentppo", "maskableppo")  # graphedppo: rlvision.ppo.GraphedPPO
@@ -124,6 +124,13 @@ class VisionExtractor(BaseFeaturesExtractor):
         :class:`rlvision.optim.ScaledLRAdam`, which ``rlvision.policy_kwargs`` selects when this is not 1.
     :param augment_shift: random-shift augmentation (DrQ / RAD: pad by this many pixels, crop back at a random
         offset per sample) in training forward passes only, never in rollouts or ``predict``; 0 (default) = off.
+    :param init: ``"backbone"``: the family's own initialisation (:meth:`rlvision.Backbone.init_weights`;
+        MobileNet-v4: kaiming fan-out convs, residual branches starting at zero; IMPALA and the others: PyTorch's
+        default), and SB3's orthogonal init only on pool+linear and the policy's heads; ``"sb3"``: SB3's orthogonal
+        init (gain sqrt(2)) over the whole extractor, as SB3 does for NatureCNN. Default: the backbone's registered
+        ``default_init`` ("sb3" for nature_cnn, "backbone" for every other family; BENCHMARKS.md "Learning v2").
+        Only construction is affected (a loaded model gets its saved weights); a pretrained backbone is never
+        re-initialised.
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
 
@@ -140,9 +147,11 @@ class VisionExtractor(BaseFeaturesExtractor):
                  freeze_preprocess: bool = True, channels_last: bool | None = None, inference_copy: bool = True,
                  compile: bool = False, cuda_graph: bool = True, pretrained: str | None = None,
                  pretrained_frames: str = "auto", imagenet_norm: bool | None = None, freeze_backbone: bool = False,
-                 backbone_lr_scale: float = 1.0, augment_shift: int = 0, **backbone_kwargs: Any):
+                 backbone_lr_scale: float = 1.0, augment_shift: int = 0, init: str | None = None,
+                 **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         info = backbone_info(backbone)
+        init = resolve_init(backbone, init)
         check_int("features_dim", features_dim)
         check_keywords(backbone_kwargs, accepted_keywords(info.builder), f"VisionExtractor with backbone {backbone!r}",
                        extra=EXTRACTOR_KEYWORDS)
@@ -160,8 +169,11 @@ class VisionExtractor(BaseFeaturesExtractor):
         net = create_backbone(backbone, in_channels=channels, pretrained=pretrained,
                               pretrained_frames=pretrained_frames, **backbone_kwargs)
         net.check_input((1, channels, height, width))
+        if init == "backbone" and pretrained is None:
+            net.init_weights()
         super().__init__(observation_space, features_dim)
         self.backbone_name = backbone
+        self.init = init
         self.preprocess = stage
         self.freeze_preprocess = stage is not None and freeze_preprocess
         if self.freeze_preprocess:
@@ -234,9 +246,10 @@ class VisionExtractor(BaseFeaturesExtractor):
         if module._inference is not None:
             module._inference.mark_stale()
 
-    def _children_but_frozen_stage(self, skip_pretrained: bool = False):
+    def _children_but_frozen_stage(self, skip_pretrained: bool = False, skip_backbone: bool = False):
         return (c for c in self.children() if not (self.freeze_preprocess and c is self.preprocess)
-                and not (c is self.backbone and (self.freeze_backbone or skip_pretrained and self.pretrained)))
+                and not (c is self.backbone and (self.freeze_backbone or skip_backbone
+                                                 or skip_pretrained and self.pretrained)))
 
     def train(self, mode: bool = True) -> "VisionExtractor":
         """Like nn.Module.train, but a frozen preprocessing stage (reparameterized) and a frozen backbone stay in
@@ -252,15 +265,34 @@ class VisionExtractor(BaseFeaturesExtractor):
     def apply(self, fn):
         """Like nn.Module.apply, but skips a frozen preprocessing stage and a pretrained backbone: SB3
         re-initialises the extractor with ``apply(init_weights)`` after building it, which would overwrite loaded
-        weights (SB3 issue #1971)."""
+        weights (SB3 issue #1971). With ``init="backbone"`` SB3's initialiser (and only it) also skips the
+        backbone, which keeps its family's own initialisation."""
         if self.channels_last:  # initialisers such as orthogonal_ view weights as contiguous
             self._set_memory_format(torch.contiguous_format)
-        for child in self._children_but_frozen_stage(skip_pretrained=True):
+        skip_backbone = getattr(self, "init", "sb3") == "backbone" and is_sb3_init(fn)
+        for child in self._children_but_frozen_stage(skip_pretrained=True, skip_backbone=skip_backbone):
             child.apply(fn)
         fn(self)
         if self.channels_last:
             self._set_memory_format(torch.channels_last)
         return self
+
+
+def resolve_init(backbone: str, init: str | None) -> str:
+    """``init`` checked, or the backbone's registered ``default_init`` when None."""
+    if init is None:
+        return backbone_info(backbone).default_init
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS} (or None: the backbone's default, "
+                         f"{backbone_info(backbone).default_init!r} for {backbone!r}), got {init!r}.")
+    return init
+
+
+def is_sb3_init(fn: Any) -> bool:
+    """Whether ``fn`` is SB3's ``BasePolicy.init_weights`` (as policies apply it: ``partial(init_weights, gain=g)``)."""
+    from stable_baselines3.common.policies import BasePolicy
+
+    return getattr(fn, "func", fn) is BasePolicy.init_weights
 
 
 class FrozenStage:
@@ -373,10 +405,13 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
     check_keywords({k: v for k, v in backbone_kwargs.items() if k not in own}, accepted_keywords(info.builder),
                    f"rlvision.policy_kwargs with backbone {backbone!r}", extra=tuple(own))
     extractor = VisionCombinedExtractor if isinstance(observation_space, spaces.Dict) else VisionExtractor
+    # pinned: the init and the registered settings of the backbone (a preset's norm, widths, ...) go into the saved
+    # model's kwargs, so a zip keeps rebuilding what it was trained with when a preset's defaults change later
+    pinned = {**info.defaults, **backbone_kwargs, "init": resolve_init(backbone, backbone_kwargs.get("init"))}
     kwargs: dict[str, Any] = dict(
         features_extractor_class=extractor,
         features_extractor_kwargs=dict(backbone=backbone, features_dim=features_dim, normalized_image=normalized_image,
-                                       pool=pool, **backbone_kwargs),
+                                       pool=pool, **pinned),
     )
     if algo not in Q_LEARNING:
         kwargs["share_features_extractor"] = algo in (*PPO_FAMILY, "a2c")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("bn", "frozen_bn", "gn", "ln", "none")
+NORMS = ("bn", "frozen_bn", "running_bn", "brn", "gn", "ln", "none")
 ACTS = ("relu", "silu", "gelu", "mish", "none")
 
 
@@ -30,17 +30,82 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
+class RunningBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that normalises with its running statistics in train mode too, and still updates them there.
+
+    Acting = learning: a train-mode forward normalises with the statistics as they were before it (those an
+    eval-mode forward uses), then moves them; no gradient flows through batch statistics. The running mean and variance follow
+    the batch ones with ``momentum`` (0.1) as in BatchNorm2d. State-dict layout and eval behaviour are BatchNorm2d's,
+    so it folds into the conv before it and loads BatchNorm2d checkpoints. (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.track_running_stats):
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                self.eps)
+        # the statistics the rollout used (copies: the in-place update below must not touch what backward reads)
+        mean, var = self.running_mean.clone(), self.running_var.clone()
+        out = F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+        with torch.no_grad():
+            batch_var, batch_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=True)
+            self.running_mean.lerp_(batch_mean, self.momentum)
+            self.running_var.lerp_(batch_var, self.momentum)
+            self.num_batches_tracked.add_(1)
+        return out
+
+
+class BatchRenorm2d(nn.BatchNorm2d):
+    """Batch Renormalization (Ioffe 2017): in train mode ``(x - mu_B) / sigma_B * r + d`` with the stop-gradient
+    corrections ``r = sigma_B / sigma`` clipped to [1/r_max, r_max] and ``d = (mu_B - mu) / sigma`` clipped to
+    [-d_max, d_max] (mu, sigma the running statistics); in eval mode BatchNorm2d's running-statistics path.
+
+    While the corrections are not clipped the train-mode output equals the eval-mode one (acting = learning) and
+    gradients still flow through the batch statistics. ``r_max`` = 3 and ``d_max`` = 5 from the start (the paper's
+    final values; no warm-up), running statistics with ``momentum`` 0.1 (BatchNorm2d's; sb3-contrib's CrossQ uses 0.01
+    with a long warm-up, too slow for runs of 10^4-10^5 steps: the clipped corrections keep the gap open). Same state-dict
+    layout as BatchNorm2d; folds into the conv before it. (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, r_max: float = 3.0,
+                 d_max: float = 5.0):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.r_max, self.d_max = r_max, d_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                self.eps)
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        std = (var + self.eps).sqrt()
+        running_std = (self.running_var + self.eps).sqrt()
+        with torch.no_grad():
+            r = (std / running_std).clamp(1 / self.r_max, self.r_max)
+            d = ((mean - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
+            n = x.numel() / x.shape[1]
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
+            self.num_batches_tracked.add_(1)
+        scale = self.weight * r / std
+        shift = self.bias + self.weight * (d - mean * r / std)
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """Normalisation over a (B, C, H, W) map.
 
     ``bn`` BatchNorm2d (batch statistics in train mode, running ones in eval mode), ``frozen_bn``
-    :class:`FrozenBatchNorm2d`, ``gn`` GroupNorm with C//8 groups, ``ln`` GroupNorm with one group (LayerNorm over
+    :class:`FrozenBatchNorm2d`, ``running_bn`` :class:`RunningBatchNorm2d`, ``brn`` :class:`BatchRenorm2d`,
+    ``gn`` GroupNorm with C//8 groups, ``ln`` GroupNorm with one group (LayerNorm over
     C, H, W), ``none`` Identity. See README "Normalisation in RL" for which to pick.
     """
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "frozen_bn":
         return FrozenBatchNorm2d(channels)
+    if kind == "running_bn":
+        return RunningBatchNorm2d(channels)
+    if kind == "brn":
+        return BatchRenorm2d(channels)
     if kind == "gn":
         return nn.GroupNorm(group_count(channels), channels)
     if kind == "ln":

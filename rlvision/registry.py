@@ -38,6 +38,20 @@ class Backbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def init_weights(self) -> None:
+        """The family's own initialisation (``init="backbone"`` in :class:`rlvision.VisionExtractor`). The base
+        keeps what the builder made (PyTorch's default init: CleanRL's IMPALA agent trains its convs from it);
+        families override it (MobileNet-v4: timm's kaiming fan-out, residual branches starting at zero)."""
+
+    def named_stages(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of the blocks in the order they run, for per-stage diagnostics
+        (:mod:`rlvision.diagnostics` groups them by output resolution): the children of ``self.features`` when it
+        is an ``nn.Sequential``, else the direct children but a classifier ``head``."""
+        features = getattr(self, "features", None)
+        if isinstance(features, nn.Sequential):
+            return [(f"features.{name}", module) for name, module in features.named_children()]
+        return [(name, module) for name, module in self.named_children() if name != "head"]
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         pooled = features.mean((2, 3))
         head = getattr(self, "head", None)
@@ -88,21 +102,32 @@ class BackboneInfo:
     description: str = ""
     default_pool: str | int = 4
     defaults: dict[str, Any] = field(default_factory=dict)
+    default_init: str = "backbone"
 
 
 _REGISTRY: dict[str, BackboneInfo] = {}
 
 
+INITS = ("backbone", "sb3")
+
+
 def register_backbone(name: str, builder: Callable[..., Backbone], *, family: str, min_input_size: int,
-                      description: str = "", default_pool: str | int = 4, **defaults: Any) -> None:
+                      description: str = "", default_pool: str | int = 4, default_init: str = "backbone",
+                      **defaults: Any) -> None:
     """Register ``builder(in_channels=..., num_classes=..., **defaults, **kwargs)`` under ``name``.
 
     ``default_pool`` is how :class:`rlvision.VisionExtractor` reduces the feature map unless told otherwise:
     ``"flatten"``, ``"avg"`` (global average) or an int g (average-pool to at most g x g, then flatten).
+    ``default_init`` is the extractor's ``init`` unless told otherwise: ``"backbone"`` (the family's own
+    :meth:`Backbone.init_weights`, SB3's orthogonal init only on the heads) or ``"sb3"`` (SB3's orthogonal init
+    over the whole extractor, which suits NatureCNN).
     """
     if name in _REGISTRY:
         raise ValueError(f"Backbone {name!r} is already registered.")
-    _REGISTRY[name] = BackboneInfo(name, family, builder, min_input_size, description, default_pool, dict(defaults))
+    if default_init not in INITS:
+        raise ValueError(f"default_init must be one of {INITS}, got {default_init!r}.")
+    _REGISTRY[name] = BackboneInfo(name, family, builder, min_input_size, description, default_pool, dict(defaults),
+                                   default_init)
 
 
 def list_backbones(family: str | None = None) -> list[str]:

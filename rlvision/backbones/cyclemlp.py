@@ -109,6 +109,6 @@ VARIANTS = {
 }
 
 for _name, (_layers, _dims, _ratios) in VARIANTS.items():
-    register_backbone(f"cyclemlp_{_name}", CycleMLP, family="cyclemlp", min_input_size=32,
+    register_backbone(f"cyclemlp_{_name}", CycleMLP, family="cyclemlp", default_init="sb3", min_input_size=32,
                       description=f"CycleMLP-{_name.upper()} layers {_layers} dims {_dims}", dims=_dims,
                       layers=_layers, mlp_ratios=_ratios)

@@ -245,6 +245,32 @@ class MobileNetV4(Backbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """timm's MobileNet initialisation: convs normal with std sqrt(2 / fan_out) (fan_out = k*k*C_out/groups,
+        so depthwise kernels get full-size filters), conv biases 0, norms weight 1 bias 0, linears uniform
+        +-1/sqrt(out_features); and the last norm of every residual branch at weight 0, so each block with a skip
+        starts as the identity (Goyal et al. 2017)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+                module.weight.normal_(0.0, (2.0 / fan_out) ** 0.5)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Linear):
+                bound = 1.0 / module.out_features ** 0.5
+                module.weight.uniform_(-bound, bound)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.BatchNorm1d)) and module.weight is not None:
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+        for module in self.modules():
+            if isinstance(module, (FusedIB, UIB)) and module.has_skip and isinstance(module.layer_scale, nn.Identity):
+                norm = module.project.norm
+                if getattr(norm, "weight", None) is not None:
+                    norm.weight.zero_()
+
 
 # --- the seed repository's variants ------------------------------------------------------------------------------
 
@@ -293,11 +319,14 @@ SEED_VARIANTS = {
 
 # RL presets for 64-96 px frames: a seed variant with these changes. A 4x4 stride-4 stem (as NatureCNN's first
 # layer) puts the blocks on 21x21 -> 6x6 maps instead of 84x84 -> 21x21 (about 1/16 of the activations); residuals
-# where a block keeps its shape; GroupNorm head (works at batch 1). Norm and activation: see README "Normalisation
-# in RL" and BENCHMARKS.md for the measurements behind the choice.
+# where a block keeps its shape; GroupNorm head (works at batch 1). Norm: frozen_bn, a per-channel affine map that
+# folds into the convs and is the same in rollouts and updates (acting = learning); with the family's own init it
+# learned best of bn / frozen_bn / running_bn / brn / gn / ln (issue 21: README "Normalisation in RL",
+# BENCHMARKS.md "Learning v2"). Before issue 21 the presets used norm="bn" (zips saved then rebuild with frozen_bn:
+# same parameters and statistics, same eval-mode function, so they act identically; tests/data).
 RL_PRESETS = {
-    "nano_rl": ("nano", dict(stem_stride=4, norm="bn", act="relu", residual=True, head_norm="gn")),
-    "small_rl": ("small", dict(stem_stride=4, norm="bn", act="relu", residual=True, head_norm="gn")),
+    "nano_rl": ("nano", dict(stem_stride=4, norm="frozen_bn", act="relu", residual=True, head_norm="gn")),
+    "small_rl": ("small", dict(stem_stride=4, norm="frozen_bn", act="relu", residual=True, head_norm="gn")),
 }
 
 

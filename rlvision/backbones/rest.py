@@ -126,6 +126,6 @@ VARIANTS = {
 }
 
 for _name, (_dims, _depths, _heads, _sr) in VARIANTS.items():
-    register_backbone(f"rest_{_name}", ResT, family="rest", min_input_size=2 ** (len(_dims) + 1) + 1,
+    register_backbone(f"rest_{_name}", ResT, family="rest", default_init="sb3", min_input_size=2 ** (len(_dims) + 1) + 1,
                       description=f"ResT-{_name} dims {_dims} depths {_depths}", dims=_dims, depths=_depths,
                       heads=_heads, sr_ratios=_sr)

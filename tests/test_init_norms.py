@@ -1,0 +1,197 @@
+"""Issue 21: each family's own initialisation next to SB3's, the acting = learning norms, and models saved before."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from safetensors.torch import save_file
+from torch import nn
+
+import rlvision
+from rlvision.backbones.mobilenetv4 import UIB, FusedIB
+from rlvision.inference import InferenceCopy, foldable_pairs
+from rlvision.layers import BatchRenorm2d, RunningBatchNorm2d
+from rlvision.envs import make_env
+
+from conftest import tolerance
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "saved")
+FRAMES = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+
+
+def _ppo(backbone, **kwargs):
+    env = make_env("SyntheticPixel-v0", n_envs=1, seed=0, env_kwargs=dict(size=48, grid=4))
+    return PPO("CnnPolicy", env, n_steps=16, batch_size=16, device="cpu", seed=0,
+               policy_kwargs=rlvision.policy_kwargs(backbone, **kwargs))
+
+
+def test_default_init_follows_the_family():
+    assert rlvision.backbone_info("nature_cnn").default_init == "sb3"
+    for name in ("impala_cnn", "mobilenetv4_nano_rl", "mobilenetv4_small_rl", "mnv4_conv_small"):
+        assert rlvision.backbone_info(name).default_init == "backbone"
+    with pytest.raises(ValueError, match="init must be one of"):
+        rlvision.VisionExtractor(FRAMES, "nature_cnn", init="xavier")
+
+
+def test_backbone_init_survives_sb3_and_starts_residual_blocks_as_identity():
+    extractor = _ppo("mobilenetv4_nano_rl", init="backbone").policy.features_extractor
+    blocks = [m for m in extractor.backbone.modules() if isinstance(m, (UIB, FusedIB))]
+    skips = [b for b in blocks if b.has_skip]
+    assert skips and all(torch.all(b.project.norm.weight == 0) for b in skips)
+    assert all(torch.all(b.project.norm.weight == 1) for b in blocks if not b.has_skip)
+    dw = next(m for m in extractor.backbone.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+    fan_out = dw.kernel_size[0] * dw.kernel_size[1] * dw.out_channels // dw.groups
+    assert float(dw.weight.detach().std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.2)  # kaiming fan-out, not orthogonal
+    # SB3's orthogonal init (gain sqrt(2)) still reaches the extractor's own linear head
+    w = extractor.linear[0].weight  # (256, n): orthonormal columns when n <= 256, rows otherwise
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    assert torch.allclose(gram, 2 * torch.eye(gram.shape[0]), atol=1e-4)
+
+
+def test_sb3_init_is_todays_behaviour():
+    extractor = _ppo("mobilenetv4_nano_rl", init="sb3").policy.features_extractor
+    conv = next(m for m in extractor.backbone.modules() if isinstance(m, nn.Conv2d) and m.groups == 1
+                and m.kernel_size == (1, 1) and m.out_channels <= m.in_channels)
+    flat = conv.weight.flatten(1)  # orthogonal_ with gain sqrt(2): orthogonal rows
+    assert torch.allclose(flat @ flat.T, 2 * torch.eye(flat.shape[0]), atol=1e-4)
+    assert all(torch.all(m.weight == 1) for m in extractor.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_nature_cnn_keeps_sb3_init():
+    torch.manual_seed(0)
+    default = _ppo("nature_cnn").policy.state_dict()
+    torch.manual_seed(0)
+    explicit = _ppo("nature_cnn", init="sb3").policy.state_dict()
+    assert all(torch.equal(default[k], explicit[k]) for k in default)
+
+
+def test_impala_feature_scale_at_init_is_within_10x_of_nature_cnn():
+    from functools import partial
+
+    from stable_baselines3.common.policies import BasePolicy
+
+    x = torch.rand(64, 4, 84, 84)
+
+    def feature_rms(backbone):  # the extractor as an SB3 policy initialises it
+        extractor = rlvision.VisionExtractor(FRAMES, backbone)
+        extractor.apply(partial(BasePolicy.init_weights, gain=np.sqrt(2)))
+        with torch.no_grad():
+            return float(extractor.backbone.forward_features(x).pow(2).mean().sqrt())
+
+    nature, impala = feature_rms("nature_cnn"), feature_rms("impala_cnn")
+    assert nature / 10 <= impala <= nature * 10, (nature, impala)
+
+
+def test_pretrained_backbone_is_never_reinitialised(tmp_path):
+    from test_pretrained import timm_checkpoint
+
+    state, _ = timm_checkpoint("conv_small")
+    path = str(tmp_path / "conv_small.safetensors")
+    save_file({k: v.float().contiguous() for k, v in state.items()}, path)
+    space = spaces.Box(0, 255, (3, 64, 64), np.uint8)
+    reference = rlvision.create_backbone("mnv4_conv_small", in_channels=3, pretrained=path).state_dict()
+    env = make_env("SyntheticPixel-v0", n_envs=1, seed=0, env_kwargs=dict(size=64, grid=4))
+    policy = PPO("CnnPolicy", env, n_steps=16, batch_size=16, device="cpu", policy_kwargs=rlvision.policy_kwargs(
+        "mnv4_conv_small", pretrained=path, init="backbone")).policy
+    loaded = policy.features_extractor.backbone.state_dict()
+    assert all(torch.equal(reference[k], loaded[k]) for k in reference)
+    assert space.shape == policy.observation_space.shape
+
+
+def test_running_bn_acts_as_it_learns_and_tracks_statistics():
+    norm = RunningBatchNorm2d(3)
+    x = torch.randn(16, 3, 5, 5) * 4 + 2
+    with torch.no_grad():
+        norm.running_mean.fill_(1.0)
+    norm.eval()
+    acting = norm(x)
+    norm.train()
+    y = x.clone().requires_grad_(True)
+    learning = norm(y)
+    assert torch.allclose(acting, learning)  # the statistics as they were before the forward
+    assert torch.allclose(norm.running_mean, 0.9 * 1.0 + 0.1 * x.mean((0, 2, 3)))
+    learning.sum().backward()  # no gradient through batch statistics: d out / d x = weight / sqrt(var + eps)
+    assert torch.allclose(y.grad, torch.full_like(y, 1 / (1 + norm.eps) ** 0.5))
+
+
+def test_batch_renorm_equals_running_statistics_until_clipped():
+    norm = BatchRenorm2d(3, r_max=100.0, d_max=100.0)
+    x = torch.randn(32, 3, 6, 6) * 3 + 1
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        norm.running_var.copy_(torch.tensor([4.0, 9.0, 1.0]))
+    norm.eval()
+    acting = norm(x)
+    norm.train()
+    y = x.clone().requires_grad_(True)
+    learning = norm(y)
+    assert torch.allclose(acting, learning, atol=1e-5)
+    learning.sum().backward()  # gradients do flow through the batch statistics (unlike running_bn): sum is constant
+    assert y.grad.abs().max() < 1e-4
+    clipped = BatchRenorm2d(3)  # r_max 3: a batch with 10x the running std is not the eval output
+    clipped.train()
+    assert not torch.allclose(clipped(x * 10), (x * 10 - 0) / 1, atol=1e-2)
+
+
+@pytest.mark.parametrize("norm", ["running_bn", "brn"])
+def test_new_norms_fold_into_the_inference_copy(norm, device, exact_cuda):
+    extractor = rlvision.VisionExtractor(FRAMES, "mobilenetv4_nano_rl", norm=norm).to(device)
+    extractor.train()
+    x = torch.rand(8, 4, 84, 84, device=device)
+    for _ in range(3):
+        extractor(x)  # statistics away from (0, 1)
+    extractor.eval()
+    copy = InferenceCopy(extractor)
+    with torch.no_grad():
+        folded = copy(x)
+        assert len(foldable_pairs(extractor)) == len(copy.folds) > 10
+        torch.testing.assert_close(folded, extractor.linear(extractor.pool(extractor.backbone.forward_features(
+            x.contiguous(memory_format=torch.channels_last)))), **tolerance(device))
+
+
+def _act(model, saved):
+    model.policy.set_training_mode(False)
+    obs = model.policy.obs_to_tensor(saved["obs"])[0]
+    with torch.no_grad():
+        probs = model.policy.get_distribution(obs).distribution.probs
+        values = model.policy.predict_values(obs)
+    np.testing.assert_allclose(probs.numpy(), saved["probs"], atol=1e-6)
+    np.testing.assert_allclose(values.numpy(), saved["values"], atol=1e-5)
+
+
+def _norm_types(model):
+    return {type(m).__name__ for m in model.policy.features_extractor.backbone.modules()
+            if isinstance(m, nn.BatchNorm2d)}
+
+
+def test_model_saved_before_issue_21_loads_and_acts_identically():
+    """The zip was saved at 90905d6, when the preset used BatchNorm and its kwargs pinned nothing: it rebuilds with
+    today's preset (FrozenBatchNorm2d: the same parameters and statistics, the same eval-mode function) and acts as
+    it did; SB3's custom_objects rebuilds it with BatchNorm exactly as trained, acting the same too."""
+    saved = np.load(os.path.join(DATA, "ppo_nano_rl_90905d6.npz"))
+    path = os.path.join(DATA, "ppo_nano_rl_90905d6.zip")
+    model = PPO.load(path, device="cpu")
+    _act(model, saved)
+    assert _norm_types(model) == {"FrozenBatchNorm2d"}
+    as_trained = rlvision.policy_kwargs("mobilenetv4_nano_rl", norm="bn", init="sb3")
+    old = PPO.load(path, device="cpu", custom_objects=dict(policy_kwargs=as_trained))
+    _act(old, saved)
+    assert _norm_types(old) == {"BatchNorm2d"}
+
+
+def test_saved_kwargs_pin_the_preset_and_the_init(tmp_path):
+    model = _ppo("mobilenetv4_nano_rl")
+    kwargs = model.policy_kwargs["features_extractor_kwargs"]
+    assert kwargs["norm"] == "frozen_bn" and kwargs["init"] == "backbone" and kwargs["stem_stride"] == 4
+    model.save(tmp_path / "m.zip")
+    loaded = PPO.load(tmp_path / "m.zip", device="cpu")
+    assert loaded.policy_kwargs["features_extractor_kwargs"] == kwargs
+    obs = model.policy.obs_to_tensor(np.random.default_rng(0).integers(0, 256, (4, 3, 48, 48), dtype=np.uint8))[0]
+    model.policy.set_training_mode(False)
+    loaded.policy.set_training_mode(False)
+    with torch.no_grad():
+        assert torch.equal(model.policy.get_distribution(obs).distribution.probs,
+                           loaded.policy.get_distribution(obs).distribution.probs)

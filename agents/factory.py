@@ -21,27 +21,20 @@ from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlvision import drqv2_policy, policy_kwargs as vision_policy_kwargs
+from rlvision.algorithms import ALGORITHMS, algorithm
 from rlvision.checks import check_int, check_keywords, check_range, init_keywords
-from rlvision.extractors import ENCODER_SHARING
+from rlvision.extractors import check_encoder_sharing
 
-# name -> "module:Class"; sb3-contrib's are imported only when asked for (extra: rlvision[contrib])
-ALGOS: dict[str, str] = {
-    "ppo": "stable_baselines3:PPO", "a2c": "stable_baselines3:A2C", "dqn": "stable_baselines3:DQN",
-    "sac": "stable_baselines3:SAC", "td3": "stable_baselines3:TD3",
-    "graphedppo": "rlvision.ppo:GraphedPPO",  # SB3's PPO, its update replayed from CUDA graphs (rlvision.ppo)
-    "recurrentppo": "sb3_contrib:RecurrentPPO", "maskableppo": "sb3_contrib:MaskablePPO", "trpo": "sb3_contrib:TRPO",
-    "qrdqn": "sb3_contrib:QRDQN", "tqc": "sb3_contrib:TQC", "crossq": "sb3_contrib:CrossQ",
-}
-CONTINUOUS = ("sac", "td3", "tqc", "crossq")
-DISCRETE = ("dqn", "qrdqn", "maskableppo")
+# name -> "module:Class", read from rlvision.algorithms; sb3-contrib's are imported only when asked for (extra:
+# rlvision[contrib])
+ALGOS: dict[str, str] = {name: row.cls_path for name, row in ALGORITHMS.items()}
+CONTINUOUS = tuple(name for name, row in ALGORITHMS.items() if row.actions == "box")
+DISCRETE = tuple(name for name, row in ALGORITHMS.items() if row.actions == "discrete")
 
 
 def algo_class(algo: str) -> type[BaseAlgorithm]:
     """The SB3 / sb3-contrib class of ``algo`` (a key of ALGOS)."""
-    algo = algo.lower() if isinstance(algo, str) else algo
-    if algo not in ALGOS:
-        raise ValueError(f"Unknown algo {algo!r}; choose one of {sorted(ALGOS)}.")
-    module, name = ALGOS[algo].split(":")
+    module, name = algorithm(algo).cls_path.split(":")
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError as error:
@@ -50,15 +43,8 @@ def algo_class(algo: str) -> type[BaseAlgorithm]:
 
 def policy_name(algo: str, observation_space: spaces.Space) -> str:
     """The algorithm's image policy: CnnPolicy / MultiInputPolicy (RecurrentPPO: Cnn/MultiInputLstmPolicy; CrossQ
-    has only MlpPolicy, which takes our extractor like any other)."""
-    multi = isinstance(observation_space, spaces.Dict)  # (None: not known yet -> the image policy)
-    if algo == "crossq":
-        if multi:
-            raise ValueError("sb3-contrib's CrossQ has no MultiInputPolicy; use an image-only env or TQC/SAC.")
-        return "MlpPolicy"
-    if algo == "recurrentppo":
-        return "MultiInputLstmPolicy" if multi else "CnnLstmPolicy"
-    return "MultiInputPolicy" if multi else "CnnPolicy"
+    has only MlpPolicy, which takes our extractor like any other); rlvision.algorithms holds them."""
+    return algorithm(algo).policy_for(isinstance(observation_space, spaces.Dict))
 
 # RL Zoo's Atari settings for PPO/A2C/DQN; SAC/TD3 follow its image (CarRacing-style) settings, with a buffer sized
 # for 2-core / 24 GiB machines.
@@ -160,9 +146,8 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", fe
     if algo in DISCRETE and not isinstance(env.action_space, spaces.Discrete):
         raise ValueError(f"{cls.__name__} needs a Discrete action space, got {env.action_space}; use SAC/TD3/PPO "
                          f"instead.")
-    if encoder_sharing is not None and (algo not in CONTINUOUS or encoder_sharing not in ENCODER_SHARING):
-        raise ValueError(f"encoder_sharing must be one of {ENCODER_SHARING} and applies to {CONTINUOUS}; got "
-                         f"{encoder_sharing!r} for {algo!r}.")
+    if encoder_sharing is not None:
+        check_encoder_sharing(algo, encoder_sharing)
     backbone_kwargs = dict(backbone_kwargs or {})
     if pretrained is not None:
         backbone_kwargs["pretrained"] = pretrained
@@ -180,7 +165,7 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", fe
                    device=device, **params)
     pk = vision_policy_kwargs(backbone, algo=algo, features_dim=features_dim, encoder_sharing=encoder_sharing,
                               observation_space=env.observation_space, **(backbone_kwargs or {}))
-    if algo == "a2c":
+    if algorithm(algo).optimizer == "rmsprop":  # SB3's A2C: RL Zoo's TF-like RMSprop
         pk["optimizer_class"] = RMSpropTFLike
         pk["optimizer_kwargs"] = dict(eps=1e-5)
     pk.update(user_policy_kwargs)

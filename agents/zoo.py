@@ -22,12 +22,13 @@ from typing import Any
 import yaml
 
 from rlvision import backbone_info
+from rlvision.algorithms import ALGORITHMS
 from rlvision.envs.factory import env_family
 
 from .factory import DEFAULTS, policy_name
 
-ZOO_ALGOS = {"ppo": "ppo", "a2c": "a2c", "dqn": "dqn", "sac": "sac", "td3": "td3", "ppo_lstm": "recurrentppo",
-             "trpo": "trpo", "qrdqn": "qrdqn", "tqc": "tqc", "crossq": "crossq"}  # Zoo's name -> ours
+# Zoo's name -> ours, read from rlvision.algorithms (Zoo calls RecurrentPPO "ppo_lstm" and has no MaskablePPO)
+ZOO_ALGOS = {row.zoo_name: name for name, row in ALGORITHMS.items() if row.zoo_name}
 
 
 def zoo_hyperparams(algo: str, env_id: str, backbone: str = "mobilenetv4_nano_rl", n_envs: int = 8,

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .algorithms import ALGORITHMS
+
 # algo -> (module, policy base class) of the actor-critic algorithms whose policy has share_features_extractor
-BASES = {"sac": ("stable_baselines3.sac.policies", "SACPolicy"), "td3": ("stable_baselines3.td3.policies", "TD3Policy"),
-         "tqc": ("sb3_contrib.tqc.policies", "TQCPolicy"), "crossq": ("sb3_contrib.crossq.policies", "CrossQPolicy")}
+BASES = {a.name: a.drqv2_base for a in ALGORITHMS.values() if a.drqv2_base is not None}
 _CLASSES: dict[str, type] = {}
 
 

@@ -13,6 +13,7 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from .algorithms import ALGORITHMS, ENCODER_SHARING, algorithm
 from .inference import InferenceCopy
 from .preprocess import create_preprocess, load_preprocess
 from .checks import accepted_keywords, check_int, check_keywords
@@ -20,12 +21,6 @@ from .layers import RandomShift
 from .pretrained import ImageNetNormalize
 from .registry import INITS, backbone_info, create_backbone
 
-# SB3's algorithms and sb3-contrib's, by lowercased class name
-PPO_FAMILY = ("ppo", "graphedppo", "recurrentppo", "maskableppo")  # graphedppo: rlvision.ppo.GraphedPPO
-ON_POLICY = (*PPO_FAMILY, "a2c", "trpo")
-OFF_POLICY = ("sac", "td3", "dqn", "qrdqn", "tqc", "crossq")
-Q_LEARNING = ("dqn", "qrdqn")  # one network: no share_features_extractor key
-ENCODER_SHARING = ("separate", "actor", "critic")  # SAC-style: two encoders, SB3's shared mode, DrQ-v2's (rlvision.drq)
 # families whose convolutions run faster in channels_last on CPU (measured: experiments/bench_speed.py)
 CHANNELS_LAST_FAMILIES = ("baseline", "mobilenetv4", "mobilenetv4_seed")
 
@@ -278,6 +273,15 @@ class VisionExtractor(BaseFeaturesExtractor):
         return self
 
 
+def check_encoder_sharing(algo: str, encoder_sharing: str) -> None:
+    """A ValueError naming the choices unless ``algo`` takes ``encoder_sharing`` (rlvision.algorithms)."""
+    row = algorithm(algo)
+    if encoder_sharing not in row.sharing_modes:
+        takers = sorted(a.name for a in ALGORITHMS.values() if a.sharing_modes)
+        raise ValueError(f"encoder_sharing must be one of {ENCODER_SHARING} and applies to {', '.join(takers)}; "
+                         f"got {encoder_sharing!r} for {row.name!r}.")
+
+
 def resolve_init(backbone: str, init: str | None) -> str:
     """``init`` checked, or the backbone's registered ``default_init`` when None."""
     if init is None:
@@ -391,9 +395,7 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
     ``normalize_images=False`` (SB3's spelling) is the same as ``normalized_image=True``: float images in [0, 1].
     RecurrentPPO gets RL Zoo's Atari LSTM settings (``lstm_hidden_size=128``, ``enable_critic_lstm=False``).
     """
-    algo = algo.lower()
-    if algo not in ON_POLICY + OFF_POLICY:
-        raise ValueError(f"Unknown algo {algo!r}; choose one of {ON_POLICY + OFF_POLICY}.")
+    row = algorithm(algo)  # one table: rlvision.algorithms
     info = backbone_info(backbone)  # fail early, with the list of known names
     check_int("features_dim", features_dim)
     if normalize_images is not None:
@@ -413,23 +415,19 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
         features_extractor_kwargs=dict(backbone=backbone, features_dim=features_dim, normalized_image=normalized_image,
                                        pool=pool, **pinned),
     )
-    if algo not in Q_LEARNING:
-        kwargs["share_features_extractor"] = algo in (*PPO_FAMILY, "a2c")
+    if row.encoders != "single":
+        kwargs["share_features_extractor"] = row.encoders == "shared"
     if encoder_sharing is not None:
-        if algo not in ("sac", "td3", "tqc", "crossq") or encoder_sharing not in ENCODER_SHARING:
-            raise ValueError(f"encoder_sharing must be one of {ENCODER_SHARING} and applies to sac, td3, tqc and "
-                             f"crossq; got {encoder_sharing!r} for {algo!r}.")
+        check_encoder_sharing(row.name, encoder_sharing)
         kwargs["share_features_extractor"] = encoder_sharing != "separate"
-    if algo == "recurrentppo":
-        kwargs.update(lstm_hidden_size=128, enable_critic_lstm=False)
-    adam_defaults = dict(eps=1e-5) if algo in (*PPO_FAMILY, "trpo") else (
-        dict(betas=(0.5, 0.999)) if algo == "crossq" else {})
-    if fused_optimizer and algo != "a2c":  # SB3's A2C uses RMSprop
+    kwargs.update(row.extra_policy_kwargs)
+    adam_defaults = dict(row.adam_defaults)
+    if fused_optimizer and row.optimizer == "adam":  # SB3's A2C uses RMSprop
         kwargs["optimizer_kwargs"] = dict(adam_defaults, fused=True)
     if backbone_kwargs.get("backbone_lr_scale", 1.0) != 1.0:
         from .optim import ScaledLRAdam
 
-        if algo == "a2c":
+        if row.optimizer != "adam":
             raise ValueError("backbone_lr_scale needs an Adam-based algorithm (SB3's A2C uses RMSprop).")
         kwargs["optimizer_class"] = ScaledLRAdam
         kwargs.setdefault("optimizer_kwargs", adam_defaults)

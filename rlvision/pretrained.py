@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Callable
 
 import torch
 from torch import nn
@@ -159,29 +160,21 @@ def adapt_stem(weight: torch.Tensor, in_channels: int, frames: str = "auto") -> 
     return weight.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
 
 
-def _expected(variant: str, num_classes: int) -> dict[str, torch.Size]:
-    from .registry import create_backbone
-
-    with torch.device("meta"):
-        model = create_backbone(variant, in_channels=3, num_classes=num_classes)
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
-def _which_variant(mapped: dict[str, torch.Tensor]) -> str | None:
-    """The mnv4_* config whose shapes the mapped checkpoint matches (classifier shapes ignored), if any."""
-    from .backbones.mobilenetv4 import PAPER_VARIANTS
-
+def _which_variant(mapped: dict[str, torch.Tensor], candidates: dict[str, Callable[[], dict[str, torch.Size]]]
+                   ) -> str | None:
+    """The candidate whose headless shapes the mapped checkpoint matches (classifier shapes ignored), if any."""
     body = {k: v.shape for k, v in mapped.items() if not k.startswith("head.")}
-    for variant in PAPER_VARIANTS:
-        name = f"mnv4_{variant}"
-        if {k: v for k, v in _expected(name, 0).items()} == body:
-            return name
-    return None
+    return next((name for name, shapes in candidates.items() if shapes() == body), None)
 
 
-def load_timm_weights(model: nn.Module, variant: str, path: str, frames: str = "auto") -> nn.Module:
+def load_timm_weights(model: nn.Module, variant: str, path: str, frames: str = "auto",
+                      candidates: dict[str, Callable[[], dict[str, torch.Size]]] | None = None) -> nn.Module:
     """Load timm's checkpoint at ``path`` into ``model`` (a ``create_backbone(variant, ...)`` mnv4_* model, any
-    input channels, headless or with 1000 classes), all or nothing. Returns ``model``."""
+    input channels, headless or with 1000 classes), all or nothing. Returns ``model``.
+
+    ``candidates``: name -> the headless state-dict shapes of each model the file might hold instead (the family's
+    hook passes its configs), so a mismatch can say which one it is. This module imports no backbone family: the
+    family registers its loader with the registry (``register_backbone(..., load_pretrained=...)``)."""
     mapped = timm_to_rlvision(read_checkpoint(path))
     target = model.state_dict()
     in_channels = model.in_channels
@@ -193,7 +186,7 @@ def load_timm_weights(model: nn.Module, variant: str, path: str, frames: str = "
     unexpected = sorted(set(mapped) - set(target))
     wrong = sorted(k for k in set(target) & set(mapped) if target[k].shape != mapped[k].shape)
     if missing or unexpected or wrong:
-        guess = _which_variant(mapped)
+        guess = _which_variant(mapped, candidates or {})
         holds = (f"it holds timm weights of {guess}" if guess else
                  f"it holds a timm MobileNetV4 checkpoint of {sum(v.numel() for v in mapped.values()):,} values "
                  f"that matches no mnv4_* config")

@@ -103,6 +103,7 @@ class BackboneInfo:
     default_pool: str | int = 4
     defaults: dict[str, Any] = field(default_factory=dict)
     default_init: str = "backbone"
+    load_pretrained: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, BackboneInfo] = {}
@@ -113,7 +114,7 @@ INITS = ("backbone", "sb3")
 
 def register_backbone(name: str, builder: Callable[..., Backbone], *, family: str, min_input_size: int,
                       description: str = "", default_pool: str | int = 4, default_init: str = "backbone",
-                      **defaults: Any) -> None:
+                      load_pretrained: Callable[..., Any] | None = None, **defaults: Any) -> None:
     """Register ``builder(in_channels=..., num_classes=..., **defaults, **kwargs)`` under ``name``.
 
     ``default_pool`` is how :class:`rlvision.VisionExtractor` reduces the feature map unless told otherwise:
@@ -121,13 +122,15 @@ def register_backbone(name: str, builder: Callable[..., Backbone], *, family: st
     ``default_init`` is the extractor's ``init`` unless told otherwise: ``"backbone"`` (the family's own
     :meth:`Backbone.init_weights`, SB3's orthogonal init only on the heads) or ``"sb3"`` (SB3's orthogonal init
     over the whole extractor, which suits NatureCNN).
+    ``load_pretrained(model, name, path, frames=...)`` is the family's hook for ``create_backbone(...,
+    pretrained=path)`` (as timm's per-family ``checkpoint_filter_fn``): the registry knows no family's file format.
     """
     if name in _REGISTRY:
         raise ValueError(f"Backbone {name!r} is already registered.")
     if default_init not in INITS:
         raise ValueError(f"default_init must be one of {INITS}, got {default_init!r}.")
     _REGISTRY[name] = BackboneInfo(name, family, builder, min_input_size, description, default_pool, dict(defaults),
-                                   default_init)
+                                   default_init, load_pretrained)
 
 
 def list_backbones(family: str | None = None) -> list[str]:
@@ -155,24 +158,23 @@ def create_backbone(name: str, in_channels: int = 3, num_classes: int = 0, pretr
 
     ``num_classes=0`` (default) gives the headless feature mode used by the RL extractors; ``num_classes>0`` adds
     the variant's classifier head, as in the original paper or repository.
-    ``pretrained``: path of a timm MobileNetV4 checkpoint (``.safetensors``, ``.pth``, ``.bin``) for the ``mnv4_*``
-    configs (:mod:`rlvision.pretrained`); the stem is adapted to ``in_channels`` (``pretrained_frames``: "auto",
-    "rgb" or "grey", see :func:`rlvision.pretrained.adapt_stem`).
+    ``pretrained``: path of a weights file, read by the family's ``load_pretrained`` hook (today the paper's
+    MobileNet-v4 configs ``mnv4_*`` read timm checkpoints, :mod:`rlvision.pretrained`; the stem is adapted to
+    ``in_channels``, ``pretrained_frames``: "auto", "rgb" or "grey", see :func:`rlvision.pretrained.adapt_stem`).
     """
     info = backbone_info(name)
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}.")
-    if pretrained is not None and not name.startswith("mnv4_"):
-        raise ValueError(f"pretrained weights load into the paper's MobileNet-v4 configs "
-                         f"({', '.join(list_backbones('mobilenetv4'))}), not {name!r}.")
+    if pretrained is not None and info.load_pretrained is None:
+        loadable = [n for n, i in sorted(_REGISTRY.items()) if i.load_pretrained is not None]
+        raise ValueError(f"pretrained weights load into {', '.join(loadable)}, not {name!r} (its family "
+                         f"{info.family!r} has no pretrained loader).")
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0 (0: headless features), got {num_classes!r}.")
     check_keywords(kwargs, accepted_keywords(info.builder), f"Backbone {name!r}")
     model = info.builder(in_channels=in_channels, num_classes=num_classes, **{**info.defaults, **kwargs})
     if pretrained is not None:
-        from .pretrained import load_timm_weights
-
-        load_timm_weights(model, name, pretrained, frames=pretrained_frames)
+        info.load_pretrained(model, name, pretrained, frames=pretrained_frames)
     return model
 
 

@@ -97,8 +97,8 @@ def test_bad_files_are_refused_with_what_they_hold(tmp_path, conv_small_file):
     medium = tmp_path / "medium.pth"
     torch.save(timm_checkpoint("conv_medium")[0], medium)
     with pytest.raises(PretrainedWeightsError, match=r"holds timm weights of mnv4_conv_medium.*Nothing was loaded"):
-        assert unchanged_after(model, lambda: rlvision.pretrained.load_timm_weights(model, "mnv4_conv_small",
-                                                                                    str(medium)))
+        assert unchanged_after(model, lambda: rlvision.backbone_info("mnv4_conv_small").load_pretrained(
+            model, "mnv4_conv_small", str(medium)))
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(open(conv_small_file, "rb").read()[:5000])
     with pytest.raises(PretrainedWeightsError, match="not a readable checkpoint"):
@@ -122,7 +122,7 @@ def test_bad_files_are_refused_with_what_they_hold(tmp_path, conv_small_file):
         rlvision.create_backbone("mnv4_conv_small", pretrained=str(tmp_path / "list.pth"))
     with pytest.raises(FileNotFoundError, match="No weights file"):
         rlvision.create_backbone("mnv4_conv_small", pretrained=str(tmp_path / "absent.safetensors"))
-    with pytest.raises(ValueError, match="paper's MobileNet-v4 configs"):
+    with pytest.raises(ValueError, match="load into mnv4_conv_large, .*mnv4_hybrid_medium, not 'nature_cnn'"):
         rlvision.create_backbone("nature_cnn", pretrained=conv_small_file)
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import ConvNormAct, LayerScale2d, make_divisible, make_norm
+from ..pretrained import load_timm_weights
 from ..registry import Backbone, register_backbone
 
 
@@ -395,6 +396,20 @@ def mobilenetv4_paper(variant: str, in_channels: int = 3, num_classes: int = 0, 
     return MobileNetV4([("conv", stem, 3, 2)] + specs, in_channels, num_classes, style, ("paper", 1280, drop_rate))
 
 
+def _paper_shapes(name: str) -> dict[str, torch.Size]:
+    """State-dict shapes of a headless paper config for 3 channels (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = mobilenetv4_paper(name.removeprefix("mnv4_"), in_channels=3)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def load_timm_checkpoint(model: MobileNetV4, name: str, path: str, frames: str = "auto") -> MobileNetV4:
+    """The family's pretrained hook: a timm MobileNetV4 checkpoint into a paper config (:mod:`rlvision.pretrained`);
+    a file of another config is named in the error."""
+    candidates = {f"mnv4_{v}": functools.partial(_paper_shapes, f"mnv4_{v}") for v in PAPER_VARIANTS}
+    return load_timm_weights(model, name, path, frames=frames, candidates=candidates)
+
+
 def _register() -> None:
     for name, row in SEED_VARIANTS.items():
         c, _, _, ds, fi, *_ = row
@@ -413,7 +428,7 @@ def _register() -> None:
                       description="seed MobileNet-v4 builder with the seed README's keyword arguments")
     for variant in PAPER_VARIANTS:
         register_backbone(f"mnv4_{variant}", functools.partial(mobilenetv4_paper, variant),
-                          family="mobilenetv4", min_input_size=32,
+                          family="mobilenetv4", min_input_size=32, load_pretrained=load_timm_checkpoint,
                           description=f"MobileNet-v4 {variant.replace('_', '-')} (Qin et al. 2024)")
 
 

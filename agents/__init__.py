@@ -3,4 +3,5 @@
 from .evaluation import PeriodicEvaluation, evaluate_agent
 from .factory import ALGOS, DEFAULTS, ReplayBufferTooLarge, algo_class, make_agent, replay_buffer_bytes
 
-__all__ = ["PeriodicEvaluation", "evaluate_agent", "ALGOS", "DEFAULTS", "algo_class", "ReplayBufferTooLarge", "make_agent", "replay_buffer_bytes"]
+__all__ = ["PeriodicEvaluation", "evaluate_agent", "ALGOS", "DEFAULTS", "algo_class", "ReplayBufferTooLarge",
+           "make_agent", "replay_buffer_bytes"]

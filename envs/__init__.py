@@ -6,4 +6,5 @@ from .synthetic import SyntheticPixelEnv
 from .vector import VectorEnvAdapter, make_native_atari
 from .wrappers import VecLowRes, downscale
 
-__all__ = ["SyntheticPixelEnv", "VectorEnvAdapter", "make_native_atari", "VecLowRes", "downscale", "env_family", "make_env"]
+__all__ = ["SyntheticPixelEnv", "VectorEnvAdapter", "make_native_atari", "VecLowRes", "downscale", "env_family",
+           "make_env"]

@@ -1,8 +1,8 @@
 """``make_env``: one call for every image env rlvision supports, with the usual wrappers.
 
-- ALE Atari (``ALE/Pong-v5``, ``PongNoFrameskip-v4``): by default ale-py's C++ ``AtariVectorEnv`` behind SB3's
-  VecEnv (``backend="native"``, :func:`rlvision.envs.vector.make_native_atari`: 2x the Python path's steps/s on 2 cores, 8x on
-  16); ``backend="python"``: SB3's AtariWrapper (84x84 grey, frame skip 4, ...) and a 4-frame stack, where
+- ALE Atari (``ALE/Pong-v5``, ``PongNoFrameskip-v4``): by default ale-py's C++ ``AtariVectorEnv`` behind SB3's VecEnv
+  (``backend="native"``, :func:`rlvision.envs.vector.make_native_atari`: 2x the Python path's steps/s on 2 cores, 8x
+  on 16); ``backend="python"``: SB3's AtariWrapper (84x84 grey, frame skip 4, ...) and a 4-frame stack, where
   ``ALE/*-v5``, which already skips frames inside ALE, is made with ``frameskip=1``. Both give the same observations
   and training semantics (noop reset, max-pooled frame skip, life loss = done, clipped rewards, true returns in
   ``info["episode"]``); sticky actions follow the id (0.25 for v5, 0 for v4) in both.

@@ -111,8 +111,8 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
                        backbone_kwargs=encoder_kwargs(args, stage, options), **sharing, **args.hyperparams)
     model.set_logger(configure_logger(os.path.join(args.logdir, label), ["tensorboard"]))  # no "_1" suffix
     # the encoder whose size is reported: the policy's first (SAC-style policies: the actor's; DQN: the Q network's)
-    encoder = env.encoder if encode_once else next(
-        m for m in model.policy.modules() if isinstance(m, (rlvision.VisionExtractor, rlvision.VisionCombinedExtractor)))
+    kinds = (rlvision.VisionExtractor, rlvision.VisionCombinedExtractor)
+    encoder = env.encoder if encode_once else next(m for m in model.policy.modules() if isinstance(m, kinds))
     obs = obs.to(model.device)
     profiler = ThroughputProfiler()
     diagnostics = EncoderDiagnostics()  # encoder/ in TensorBoard: acting/learning gap, srank, dormant units, ...
@@ -162,8 +162,8 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
         row.update(measure_overhead(args, backbone, stage, options, algo=algo))
     env.close()
     with SummaryWriter(os.path.join(args.logdir, label)) as writer:
-        writer.add_hparams({"backbone": label, "preprocess": stage or "none", "algo": algo, "env": args.env, "steps": args.steps,
-                            "n_envs": args.n_envs, "seed": args.seed},
+        writer.add_hparams({"backbone": label, "preprocess": stage or "none", "algo": algo, "env": args.env,
+                            "steps": args.steps, "n_envs": args.n_envs, "seed": args.seed},
                            {f"summary/{k}": float(v) for k, v in row.items()
                             if isinstance(v, (int, float)) and k != "steps"}, run_name=".")
     return row
@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rlvision.preprocess_info(stage.partition(":")[0])
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.logdir = args.logdir or os.path.join("runs", f"compare-{args.env.replace('/', '-')}-{time.strftime('%m%d-%H%M%S')}")
+    stamp = time.strftime('%m%d-%H%M%S')
+    args.logdir = args.logdir or os.path.join("runs", f"compare-{args.env.replace('/', '-')}-{stamp}")
     os.makedirs(args.logdir, exist_ok=True)
 
     ceiling = env_only_sps(args)
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         for name, options in backbones:
             for stage in stages:
-                print(f"== {name} {options or ''} ({stage}): {options.get('algo', args.algo).upper()} on {args.env}, {args.steps} steps, "
+                algo = options.get('algo', args.algo).upper()
+                print(f"== {name} {options or ''} ({stage}): {algo} on {args.env}, {args.steps} steps, "
                       f"{args.n_envs} envs", flush=True)
                 rows.append(run_isolated(args, name, stage, options) if args.process_per_run
                             else run_one(args, name, stage, options))

@@ -82,7 +82,8 @@ def summarize(rows: list[dict], thresholds: dict[str, float | None]) -> list[dic
     for (env, algo, backbone), runs in groups.items():
         final = [r["curve"][-1]["eval_return"] for r in runs]
         low, high = bootstrap_ci(final)
-        entry = dict(env=env, algo=algo, backbone=backbone, seeds=len(runs), final_return=round(float(np.mean(final)), 3),
+        entry = dict(env=env, algo=algo, backbone=backbone, seeds=len(runs),
+                     final_return=round(float(np.mean(final)), 3),
                      ci95_low=round(low, 3), ci95_high=round(high, 3), iqm=round(interquartile_mean(final), 3),
                      fps=round(float(np.median([r["fps"] for r in runs])), 1), params=runs[0]["params"],
                      mflops=runs[0]["mflops"])
@@ -134,8 +135,10 @@ def plot_curves(rows: list[dict], path: str) -> None:
         runs = [r for r in rows if (r["env"], r["algo"]) == (env, algo)]
         for backbone in dict.fromkeys(r["backbone"] for r in runs):
             curves = [r["curve"] for r in runs if r["backbone"] == backbone]
-            steps = [(np.array([p["steps"] for p in c], float), np.array([p["eval_return"] for p in c])) for c in curves]
-            secs = [(np.array([p["seconds"] for p in c], float), np.array([p["eval_return"] for p in c])) for c in curves]
+            steps = [(np.array([p["steps"] for p in c], float), np.array([p["eval_return"] for p in c]))
+                     for c in curves]
+            secs = [(np.array([p["seconds"] for p in c], float), np.array([p["eval_return"] for p in c]))
+                    for c in curves]
             for ax, xy, last in ((ax_steps, steps, min(x[-1] for x, _ in steps)),
                                  (ax_time, secs, min(x[-1] for x, _ in secs))):
                 grid = np.linspace(0, last, 50)
@@ -211,7 +214,8 @@ def trial(tune_config: dict) -> None:
         device="cuda" if config["gpu"] else "cpu", algo=config["algo"], steps=config["steps"], n_envs=config["n_envs"],
         seed=config["seed"], hyperparams=config["hyperparams"], eval_episodes=config["eval_episodes"],
         eval_every=config["eval_every"], measure_overhead=False, threads=config["cpus"], no_progress=True,
-        logdir=os.path.join(config["out"], "tb", config["env"].replace("/", "-"), config["algo"], f"seed{config['seed']}"))
+        logdir=os.path.join(config["out"], "tb", config["env"].replace("/", "-"), config["algo"],
+                            f"seed{config['seed']}"))
     torch.set_num_threads(config["cpus"])
     row = run_one(args, name, None, options, on_point=lambda point: tune.report(
         {k: v for k, v in point.items() if v is not None}))
@@ -238,7 +242,8 @@ def resolve(args: argparse.Namespace) -> tuple[list[dict], dict]:
             spec = yaml.safe_load(f) or {}
         unknown = set(spec) - set(GRID_KEYS) - set(SETTINGS)
         if unknown:
-            raise ValueError(f"{args.config}: unknown keys {sorted(unknown)}; allowed: {list(GRID_KEYS) + list(SETTINGS)}")
+            raise ValueError(f"{args.config}: unknown keys {sorted(unknown)}; allowed: "
+                             f"{list(GRID_KEYS) + list(SETTINGS)}")
     for key in GRID_KEYS + tuple(SETTINGS):
         value = getattr(args, key, None)
         if value is not None:
@@ -348,7 +353,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, help=f"env steps per trial (default {SETTINGS['steps']})")
     parser.add_argument("--n-envs", type=int)
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default steps / 10)")
-    parser.add_argument("--eval-episodes", type=int, help=f"episodes per evaluation (default {SETTINGS['eval_episodes']})")
+    parser.add_argument("--eval-episodes", type=int,
+                        help=f"episodes per evaluation (default {SETTINGS['eval_episodes']})")
     parser.add_argument("--threshold", type=float, help="return threshold for 'steps to threshold' (every env)")
     parser.add_argument("--hyperparams", type=yaml.safe_load, help="YAML dict over rlvision.agents.DEFAULTS")
     parser.add_argument("--env-kwargs", type=yaml.safe_load, help="YAML dict for every env")

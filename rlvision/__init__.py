@@ -14,8 +14,8 @@ from .preprocess import (PreprocessStage, create_preprocess, list_preprocess, lo
 from .registry import (Backbone, BackboneInfo, backbone_info, count_parameters, create_backbone, list_backbones,
                        register_backbone)
 
-__all__ = ["drqv2_policy", "PreprocessStage", "create_preprocess", "list_preprocess", "load_preprocess", "preprocess_info",
-           "register_preprocess", "save_preprocess",
-           "VisionCombinedExtractor", "VisionExtractor", "check_image_space", "policy_kwargs", "Backbone", "BackboneInfo", "backbone_info", "count_parameters", "create_backbone", "list_backbones",
-           "register_backbone"]
+__all__ = ["drqv2_policy", "PreprocessStage", "create_preprocess", "list_preprocess", "load_preprocess",
+           "preprocess_info", "register_preprocess", "save_preprocess", "VisionCombinedExtractor", "VisionExtractor",
+           "check_image_space", "policy_kwargs", "Backbone", "BackboneInfo", "backbone_info", "count_parameters",
+           "create_backbone", "list_backbones", "register_backbone"]
 __version__ = "0.1.0"

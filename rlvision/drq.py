@@ -54,7 +54,8 @@ class CriticTrainsEncoder:
     def __init__(self, *args: Any, share_features_extractor: bool = True, **kwargs: Any):
         if not share_features_extractor:
             raise ValueError("The DrQ-v2 policy shares one encoder between actor and critic; drop "
-                             "share_features_extractor=False (or use the algorithm's own policy for separate encoders).")
+                             "share_features_extractor=False (or use the algorithm's own policy for separate "
+                             "encoders).")
         super().__init__(*args, share_features_extractor=True, **kwargs)
 
     def _build(self, lr_schedule) -> None:

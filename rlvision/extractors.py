@@ -29,8 +29,8 @@ def check_image_space(space: spaces.Space, normalized_image: bool = False) -> No
     """Raise a ValueError that names the fix unless ``space`` is a channel-first image Box SB3 can feed us."""
     if isinstance(space, spaces.Dict):
         raise ValueError("VisionExtractor takes a single image Box; for Dict observations use "
-                         "VisionCombinedExtractor (rlvision.policy_kwargs(..., observation_space=env.observation_space) "
-                         "picks it) with SB3's MultiInputPolicy.")
+                         "VisionCombinedExtractor (rlvision.policy_kwargs(..., "
+                         "observation_space=env.observation_space) picks it) with SB3's MultiInputPolicy.")
     if not isinstance(space, spaces.Box) or len(space.shape) != 3:
         shape = getattr(space, "shape", None)
         raise ValueError(f"VisionExtractor needs image observations, a Box of shape (C, H, W); got {space} "
@@ -39,8 +39,8 @@ def check_image_space(space: spaces.Space, normalized_image: bool = False) -> No
         c = space.shape[2]
         raise ValueError(f"Observation space of shape {space.shape} is channel-last (H, W, C); VisionExtractor takes "
                          f"channel-first (C, H, W) = {(c, *space.shape[:2])}. SB3 algorithms transpose image envs "
-                         f"themselves (VecTransposeImage); rlvision.envs.make_env returns channel-first envs; when you build "
-                         f"the extractor yourself, wrap the env in VecTransposeImage or permute the space.")
+                         f"themselves (VecTransposeImage); rlvision.envs.make_env returns channel-first envs; when "
+                         f"you build the extractor yourself, wrap the env in VecTransposeImage or permute the space.")
     if space.dtype == np.uint8:
         if np.any(space.low != 0) or np.any(space.high != 255):
             raise ValueError("uint8 image observations must have bounds [0, 255] (SB3 divides them by 255).")

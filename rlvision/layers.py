@@ -34,9 +34,10 @@ class RunningBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d that normalises with its running statistics in train mode too, and still updates them there.
 
     Acting = learning: a train-mode forward normalises with the statistics as they were before it (those an
-    eval-mode forward uses), then moves them; no gradient flows through batch statistics. The running mean and variance follow
-    the batch ones with ``momentum`` (0.1) as in BatchNorm2d. State-dict layout and eval behaviour are BatchNorm2d's,
-    so it folds into the conv before it and loads BatchNorm2d checkpoints. (B, C, H, W) -> (B, C, H, W).
+    eval-mode forward uses), then moves them; no gradient flows through batch statistics. The running mean and
+    variance follow the batch ones with ``momentum`` (0.1) as in BatchNorm2d. State-dict layout and eval behaviour
+    are BatchNorm2d's, so it folds into the conv before it and loads BatchNorm2d checkpoints.
+    (B, C, H, W) -> (B, C, H, W).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,8 +63,8 @@ class BatchRenorm2d(nn.BatchNorm2d):
     While the corrections are not clipped the train-mode output equals the eval-mode one (acting = learning) and
     gradients still flow through the batch statistics. ``r_max`` = 3 and ``d_max`` = 5 from the start (the paper's
     final values; no warm-up), running statistics with ``momentum`` 0.1 (BatchNorm2d's; sb3-contrib's CrossQ uses 0.01
-    with a long warm-up, too slow for runs of 10^4-10^5 steps: the clipped corrections keep the gap open). Same state-dict
-    layout as BatchNorm2d; folds into the conv before it. (B, C, H, W) -> (B, C, H, W).
+    with a long warm-up, too slow for runs of 10^4-10^5 steps: the clipped corrections keep the gap open). Same
+    state-dict layout as BatchNorm2d; folds into the conv before it. (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, r_max: float = 3.0,

@@ -261,7 +261,8 @@ class GraphedPPO(PPO):
             [sums / (batches * self.n_epochs), (kl / batches)[None], stats[5:].double()]).tolist()
 
         buffer = self.rollout_buffer  # (SB3 computes this on its flattened, env-major copy: same order here)
-        explained_var = explained_variance(buffer.values.swapaxes(0, 1).flatten(), buffer.returns.swapaxes(0, 1).flatten())
+        explained_var = explained_variance(buffer.values.swapaxes(0, 1).flatten(),
+                                           buffer.returns.swapaxes(0, 1).flatten())
         self.logger.record("train/entropy_loss", entropy)
         self.logger.record("train/policy_gradient_loss", pg)
         self.logger.record("train/value_loss", value)

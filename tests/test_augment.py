@@ -19,7 +19,8 @@ def test_each_sample_is_a_crop_of_the_padded_input_at_its_own_offset():
     padded = F.pad(x[:1], (2,) * 4, mode="replicate")[0]
     offsets = []
     for sample in out:
-        matches = [(t, l) for t in range(5) for l in range(5) if torch.equal(sample, padded[:, t:t + 10, l:l + 12])]
+        matches = [(t, left) for t in range(5) for left in range(5)
+                   if torch.equal(sample, padded[:, t:t + 10, left:left + 12])]
         assert matches, "not a crop of the padded image"
         offsets.append(matches[0])
     assert len(set(offsets)) > 5  # drawn per sample, not once per batch

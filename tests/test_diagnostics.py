@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
@@ -70,7 +69,8 @@ def test_acting_learning_gap_of_a_known_mode_difference():
     with torch.no_grad():
         features = policy.features_extractor.proj(obs.flatten(1) / 255)
         v = policy.value_net(features)
-        p, q = torch.log_softmax(policy.action_net(features), -1), torch.log_softmax(policy.action_net(2 * features), -1)
+        p = torch.log_softmax(policy.action_net(features), -1)
+        q = torch.log_softmax(policy.action_net(2 * features), -1)
     assert report["value_abs_diff"] == pytest.approx(float(v.abs().mean()), rel=1e-5)
     expected_kl = float((p.exp() * (p - q)).sum(-1).mean())
     assert expected_kl > 1e-3

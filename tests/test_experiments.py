@@ -47,7 +47,8 @@ def test_train_script_rejects_unknown_keys(tmp_path):
 
 def test_compare_backbones_writes_table_and_runs(tmp_path):
     rows = compare_backbones.main(["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 36, grid: 3}",
-                                   "--backbones", "nature_cnn,mobilenetv4_custom[norm=frozen_bn]", "--steps", "128", "--n-envs", "2",
+                                   "--backbones", "nature_cnn,mobilenetv4_custom[norm=frozen_bn]", "--steps", "128",
+                                   "--n-envs", "2",
                                    "--hyperparams", "{n_steps: 32, batch_size: 32}", "--eval-episodes", "2",
                                    "--measure-overhead", "--logdir", str(tmp_path), "--no-progress",
                                    "--same-process"])

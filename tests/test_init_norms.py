@@ -44,7 +44,8 @@ def test_backbone_init_survives_sb3_and_starts_residual_blocks_as_identity():
     assert all(torch.all(b.project.norm.weight == 1) for b in blocks if not b.has_skip)
     dw = next(m for m in extractor.backbone.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
     fan_out = dw.kernel_size[0] * dw.kernel_size[1] * dw.out_channels // dw.groups
-    assert float(dw.weight.detach().std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.2)  # kaiming fan-out, not orthogonal
+    # kaiming fan-out, not orthogonal
+    assert float(dw.weight.detach().std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.2)
     # SB3's orthogonal init (gain sqrt(2)) still reaches the extractor's own linear head
     w = extractor.linear[0].weight  # (256, n): orthonormal columns when n <= 256, rows otherwise
     gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T

@@ -9,7 +9,8 @@ def run_outside_checkout(code: str, tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_envs_and_agents_import_only_under_the_rlvision_namespace(tmp_path):
-    ok = run_outside_checkout("import rlvision.envs, rlvision.agents; print(rlvision.envs.make_env.__module__)", tmp_path)
+    ok = run_outside_checkout("import rlvision.envs, rlvision.agents; print(rlvision.envs.make_env.__module__)",
+                              tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "rlvision.envs.factory"
     for bare in ("envs", "agents"):

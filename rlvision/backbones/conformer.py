@@ -173,6 +173,8 @@ VARIANTS = {
 }
 
 for _name, (_ratio, _dim, _heads, _depth) in VARIANTS.items():
-    register_backbone(f"conformer_{_name}", Conformer, family="conformer", default_init="sb3", min_input_size=32, default_pool="flatten",
+    # default_init "sb3": SB3's orthogonal init over the whole extractor, as before issue 21 (not measured)
+    register_backbone(f"conformer_{_name}", Conformer, family="conformer", default_init="sb3", min_input_size=32,
+                      default_pool="flatten",
                       description=f"Conformer-{_name}: CNN ratio {_ratio}, ViT dim {_dim}, {_heads} heads",
                       channel_ratio=_ratio, embed_dim=_dim, heads=_heads, depth=_depth)

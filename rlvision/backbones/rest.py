@@ -6,8 +6,8 @@ and with more than one head a 1x1 conv mixes the heads' logits before softmax an
 Stages 2+ start with a 3x3 stride-2 patch embedding (+ BN + pixel attention).
 
 Unlike the official code (whose patch embedding returns H//2 instead of the conv's output size, so 84 px crashes),
-sizes are read from the tensors, so any side >= 33 works (17 for ``rest_rl``). A variant is a row of VARIANTS; ``rest_rl`` is a small
-three-stage (stride 16) config for 64-96 px RL frames.
+sizes are read from the tensors, so any side >= 33 works (17 for ``rest_rl``). A variant is a row of VARIANTS;
+``rest_rl`` is a small three-stage (stride 16) config for 64-96 px RL frames.
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ VARIANTS = {
 }
 
 for _name, (_dims, _depths, _heads, _sr) in VARIANTS.items():
-    register_backbone(f"rest_{_name}", ResT, family="rest", default_init="sb3", min_input_size=2 ** (len(_dims) + 1) + 1,
+    # default_init "sb3": SB3's orthogonal init over the whole extractor, as before issue 21 (not measured)
+    register_backbone(f"rest_{_name}", ResT, family="rest", default_init="sb3",
+                      min_input_size=2 ** (len(_dims) + 1) + 1,
                       description=f"ResT-{_name} dims {_dims} depths {_depths}", dims=_dims, depths=_depths,
                       heads=_heads, sr_ratios=_sr)

@@ -1,5 +1,6 @@
 """Save a PPO model with the default encoder as built at main 90905d6 (before issue 21): tests/data/saved."""
-import json, numpy as np, torch
+import numpy as np
+import torch
 from rlvision.agents import make_agent
 from rlvision.envs import make_env
 torch.manual_seed(0)

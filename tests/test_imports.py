@@ -104,3 +104,17 @@ def test_the_registry_knows_no_family():
     assert not [s for s in strings if any(f in s for f in families)]
     imported = import_graph(module_files())["rlvision.registry"]
     assert not [m for m in imported if m.startswith("rlvision.backbones") or m == "rlvision.pretrained"]
+
+
+def test_every_registered_name_is_a_literal_in_the_source():
+    """Greppable names: each backbone name is written out once in rlvision/backbones (no f-string assembly)."""
+    import rlvision
+
+    literals = set()
+    for dirpath, _, names in os.walk(os.path.join(ROOT, "rlvision", "backbones")):
+        for file in names:
+            if file.endswith(".py"):
+                with open(os.path.join(dirpath, file)) as f:
+                    literals |= {node.value for node in ast.walk(ast.parse(f.read()))
+                                 if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert not [name for name in rlvision.list_backbones() if name not in literals]

@@ -14,6 +14,8 @@ uses) are the pooled CNN map and the normalised class token, concatenated: (B, 2
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -164,17 +166,24 @@ class Conformer(Backbone):
         return (conv, trans) if self.training else conv + trans
 
 
-# name: (channel ratio, embed dim, heads, depth)
+class ConformerVariant(NamedTuple):
+    """A row of the variant table: :class:`Conformer`'s keyword arguments."""
+
+    channel_ratio: float
+    embed_dim: int
+    heads: int
+    depth: int
+
+
 VARIANTS = {
-    "tiny": (1, 384, 6, 12),
-    "small": (4, 384, 6, 12),
-    "base": (6, 576, 9, 12),
-    "rl": (0.5, 128, 4, 6),
+    "conformer_tiny": ConformerVariant(1, 384, 6, 12),
+    "conformer_small": ConformerVariant(4, 384, 6, 12),
+    "conformer_base": ConformerVariant(6, 576, 9, 12),
+    "conformer_rl": ConformerVariant(0.5, 128, 4, 6),
 }
 
-for _name, (_ratio, _dim, _heads, _depth) in VARIANTS.items():
+for _name, _row in VARIANTS.items():
     # default_init "sb3": SB3's orthogonal init over the whole extractor, as before issue 21 (not measured)
-    register_backbone(f"conformer_{_name}", Conformer, family="conformer", default_init="sb3", min_input_size=32,
-                      default_pool="flatten",
-                      description=f"Conformer-{_name}: CNN ratio {_ratio}, ViT dim {_dim}, {_heads} heads",
-                      channel_ratio=_ratio, embed_dim=_dim, heads=_heads, depth=_depth)
+    register_backbone(_name, Conformer, family="conformer", default_init="sb3", min_input_size=32,
+                      default_pool="flatten", description=f"Conformer-{_name.removeprefix('conformer_')}: CNN ratio "
+                      f"{_row.channel_ratio}, ViT dim {_row.embed_dim}, {_row.heads} heads", **_row._asdict())

@@ -12,6 +12,8 @@ then a 1x1 projection, which is what :class:`CycleFC` does, with no torchvision 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -98,17 +100,25 @@ class CycleMLP(Backbone):
         return self.norm(x).permute(0, 3, 1, 2)
 
 
-# name: (layers, dims, mlp ratios)
+class CycleMLPVariant(NamedTuple):
+    """A row of the variant table: :class:`CycleMLP`'s keyword arguments."""
+
+    layers: tuple[int, ...]
+    dims: tuple[int, ...]
+    mlp_ratios: tuple[int, ...]
+
+
 VARIANTS = {
-    "b1": ((2, 2, 4, 2), (64, 128, 320, 512), (4, 4, 4, 4)),
-    "b2": ((2, 3, 10, 3), (64, 128, 320, 512), (4, 4, 4, 4)),
-    "b3": ((3, 4, 18, 3), (64, 128, 320, 512), (8, 8, 4, 4)),
-    "b4": ((3, 8, 27, 3), (64, 128, 320, 512), (8, 8, 4, 4)),
-    "b5": ((3, 4, 24, 3), (96, 192, 384, 768), (4, 4, 4, 4)),
-    "rl": ((2, 2, 2), (48, 96, 192), (4, 4, 4)),  # stride 16: 84 px -> 6x6 map
+    "cyclemlp_b1": CycleMLPVariant((2, 2, 4, 2), (64, 128, 320, 512), (4, 4, 4, 4)),
+    "cyclemlp_b2": CycleMLPVariant((2, 3, 10, 3), (64, 128, 320, 512), (4, 4, 4, 4)),
+    "cyclemlp_b3": CycleMLPVariant((3, 4, 18, 3), (64, 128, 320, 512), (8, 8, 4, 4)),
+    "cyclemlp_b4": CycleMLPVariant((3, 8, 27, 3), (64, 128, 320, 512), (8, 8, 4, 4)),
+    "cyclemlp_b5": CycleMLPVariant((3, 4, 24, 3), (96, 192, 384, 768), (4, 4, 4, 4)),
+    "cyclemlp_rl": CycleMLPVariant((2, 2, 2), (48, 96, 192), (4, 4, 4)),  # stride 16: 84 px -> 6x6 map
 }
 
-for _name, (_layers, _dims, _ratios) in VARIANTS.items():
-    register_backbone(f"cyclemlp_{_name}", CycleMLP, family="cyclemlp", default_init="sb3", min_input_size=32,
-                      description=f"CycleMLP-{_name.upper()} layers {_layers} dims {_dims}", dims=_dims,
-                      layers=_layers, mlp_ratios=_ratios)
+for _name, _row in VARIANTS.items():
+    # default_init "sb3": SB3's orthogonal init over the whole extractor, as before issue 21 (not measured)
+    register_backbone(_name, CycleMLP, family="cyclemlp", default_init="sb3", min_input_size=32,
+                      description=f"CycleMLP-{_name.removeprefix('cyclemlp_').upper()} layers {_row.layers} "
+                      f"dims {_row.dims}", **_row._asdict())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -308,14 +309,40 @@ def mobilenetv4_custom(in_channels: int = 3, num_classes: int = 0, base_channels
     return MobileNetV4(specs, in_channels, num_classes, style, ("seed", hidden_dim_classifier, dropout, head_norm))
 
 
-# name: (C, E, heads, MQA downsample, FusedIB, UIB+ExtraDW, SE+UIB, SE+MQA, head hidden, dropout)
+class SeedVariant(NamedTuple):
+    """A row of the seed repository's variant table (the seed README's keyword arguments)."""
+
+    base_channels: int  # C: one width throughout
+    expanded_channels: int  # E: the blocks' hidden width
+    num_heads: int  # MobileMQA heads
+    downsample: bool  # MobileMQA downsamples
+    FusedIBs: int  # noqa: N815 (the seed's names)
+    UIB_and_ExtraDWs: int  # noqa: N815
+    SE_and_UIBs: int  # noqa: N815
+    SE_and_MobileMQAs: int  # noqa: N815
+    hidden_dim_classifier: int
+    dropout: float
+
+    @property
+    def min_input_size(self) -> int:
+        """The smallest side the stride-1-stem variant takes (its stride, at least 8, at most 32)."""
+        return min(max(2 ** (self.FusedIBs + 4 * self.downsample), 8), 32)
+
+
 SEED_VARIANTS = {
-    "nano": (24, 64, 4, False, 2, 2, 3, 1, 512, 0.2),
-    "small": (48, 96, 6, False, 2, 3, 4, 2, 1024, 0.2),
-    "medium": (96, 192, 8, False, 2, 5, 6, 3, 1024, 0.2),
-    "large": (224, 512, 14, False, 3, 6, 5, 3, 1280, 0.2),
-    "hybrid_large": (384, 768, 16, True, 3, 7, 6, 4, 1280, 0.3),
+    "mobilenetv4_nano": SeedVariant(24, 64, 4, False, 2, 2, 3, 1, 512, 0.2),
+    "mobilenetv4_small": SeedVariant(48, 96, 6, False, 2, 3, 4, 2, 1024, 0.2),
+    "mobilenetv4_medium": SeedVariant(96, 192, 8, False, 2, 5, 6, 3, 1024, 0.2),
+    "mobilenetv4_large": SeedVariant(224, 512, 14, False, 3, 6, 5, 3, 1280, 0.2),
+    "mobilenetv4_hybrid_large": SeedVariant(384, 768, 16, True, 3, 7, 6, 4, 1280, 0.3),
 }
+
+
+class RLPreset(NamedTuple):
+    """An RL preset: a seed variant with changes (keyword arguments of :func:`mobilenetv4_custom`)."""
+
+    seed: str
+    changes: dict
 
 
 # RL presets for 64-96 px frames: a seed variant with these changes. A 4x4 stride-4 stem (as NatureCNN's first
@@ -325,17 +352,11 @@ SEED_VARIANTS = {
 # learned best of bn / frozen_bn / running_bn / brn / gn / ln (issue 21: README "Normalisation in RL",
 # BENCHMARKS.md "Learning v2"). Before issue 21 the presets used norm="bn" (zips saved then rebuild with frozen_bn:
 # same parameters and statistics, same eval-mode function, so they act identically; tests/data).
+_RL = dict(stem_stride=4, norm="frozen_bn", act="relu", residual=True, head_norm="gn")
 RL_PRESETS = {
-    "nano_rl": ("nano", dict(stem_stride=4, norm="frozen_bn", act="relu", residual=True, head_norm="gn")),
-    "small_rl": ("small", dict(stem_stride=4, norm="frozen_bn", act="relu", residual=True, head_norm="gn")),
+    "mobilenetv4_nano_rl": RLPreset("mobilenetv4_nano", _RL),
+    "mobilenetv4_small_rl": RLPreset("mobilenetv4_small", _RL),
 }
-
-
-def _seed_kwargs(row: tuple) -> dict:
-    c, e, heads, ds, fi, ue, su, sm, hidden, drop = row
-    return dict(base_channels=c, expanded_channels=e, num_heads=heads, downsample=ds, FusedIBs=fi,
-                UIB_and_ExtraDWs=ue, SE_and_UIBs=su, SE_and_MobileMQAs=sm, hidden_dim_classifier=hidden,
-                dropout=drop)
 
 
 # --- the paper's configs (Qin et al. 2024, Tables 10-14) --------------------------------------------------------
@@ -350,24 +371,24 @@ _LAST = [("conv", 960, 1, 1)]
 
 # name: (stem width, activation, layer scale, block specs after the stride-2 stem)
 PAPER_VARIANTS = {
-    "conv_small": (32, "relu", None, [
+    "mnv4_conv_small": (32, "relu", None, [
         ("conv", 32, 3, 2), ("conv", 32, 1, 1), ("conv", 96, 3, 2), ("conv", 64, 1, 1),
         _uib(96, 3, 5, 5, 2), _uib(96, 2, 0, 3, 1, 4), _uib(96, 4, 3, 0),
         _uib(128, 6, 3, 3, 2), _uib(128, 4, 5, 5), _uib(128, 4, 0, 5), _uib(128, 3, 0, 5), _uib(128, 4, 0, 3, 1, 2),
     ] + _LAST),
-    "conv_medium": (32, "relu", None, _CONV_M_HEAD + [
+    "mnv4_conv_medium": (32, "relu", None, _CONV_M_HEAD + [
         _uib(160, 6, 3, 5, 2), _uib(160, 4, 3, 3, 1, 2), _uib(160, 4, 3, 5), _uib(160, 4, 3, 3), _uib(160, 4, 3, 0),
         _uib(160, 2, 0, 0), _uib(160, 4, 3, 0),
         _uib(256, 6, 5, 5, 2), _uib(256, 4, 5, 5), _uib(256, 4, 3, 5, 1, 2), _uib(256, 4, 0, 0), _uib(256, 4, 3, 0),
         _uib(256, 2, 3, 5), _uib(256, 4, 5, 5), _uib(256, 4, 0, 0, 1, 2), _uib(256, 2, 5, 0),
     ] + _LAST),
-    "conv_large": (24, "relu", None, _CONV_L_HEAD + [
+    "mnv4_conv_large": (24, "relu", None, _CONV_L_HEAD + [
         _uib(192, 4, 3, 5, 2), _uib(192, 4, 3, 3, 1, 3), _uib(192, 4, 3, 5), _uib(192, 4, 5, 3, 1, 5),
         _uib(192, 4, 3, 0),
         _uib(512, 4, 5, 5, 2, 4), _uib(512, 4, 5, 0), _uib(512, 4, 5, 3), _uib(512, 4, 5, 0, 1, 2),
         _uib(512, 4, 5, 3), _uib(512, 4, 5, 5), _uib(512, 4, 5, 0, 1, 3),
     ] + _LAST),
-    "hybrid_medium": (32, "relu", 1e-5, _CONV_M_HEAD + [
+    "mnv4_hybrid_medium": (32, "relu", 1e-5, _CONV_M_HEAD + [
         _uib(160, 6, 3, 5, 2), _uib(160, 2, 0, 0), _uib(160, 4, 3, 3), _uib(160, 4, 3, 5),
         ("mqa", 4, 64, 2), _uib(160, 4, 3, 3), ("mqa", 4, 64, 2), _uib(160, 4, 3, 0),
         ("mqa", 4, 64, 2), _uib(160, 4, 3, 3), ("mqa", 4, 64, 2), _uib(160, 4, 3, 0),
@@ -376,7 +397,7 @@ PAPER_VARIANTS = {
         ("mqa", 4, 64, 1), _uib(256, 4, 3, 0), ("mqa", 4, 64, 1), _uib(256, 4, 5, 5),
         ("mqa", 4, 64, 1), _uib(256, 4, 5, 0), ("mqa", 4, 64, 1), _uib(256, 4, 5, 0),
     ] + _LAST),
-    "hybrid_large": (24, "gelu", 1e-5, _CONV_L_HEAD + [
+    "mnv4_hybrid_large": (24, "gelu", 1e-5, _CONV_L_HEAD + [
         _uib(192, 4, 3, 5, 2), _uib(192, 4, 3, 3, 1, 3), _uib(192, 4, 3, 5), _uib(192, 4, 5, 3, 1, 2),
         ("mqa", 8, 48, 2), _uib(192, 4, 5, 3), ("mqa", 8, 48, 2), _uib(192, 4, 5, 3),
         ("mqa", 8, 48, 2), _uib(192, 4, 5, 3), ("mqa", 8, 48, 2), _uib(192, 4, 3, 0),
@@ -391,7 +412,8 @@ PAPER_VARIANTS = {
 def mobilenetv4_paper(variant: str, in_channels: int = 3, num_classes: int = 0, norm: str = "bn",
                       act: str | None = None, residual: bool = True, drop_rate: float = 0.0) -> MobileNetV4:
     """A paper config: stride-2 stem, UIB with residuals, linear projections, mobile MQA on hybrids, 1280 head."""
-    stem, default_act, layer_scale, specs = PAPER_VARIANTS[variant]
+    stem, default_act, layer_scale, specs = PAPER_VARIANTS[variant if variant.startswith("mnv4_") else
+                                                         f"mnv4_{variant}"]
     style = replace(PAPER_STYLE, norm=norm, act=act or default_act, residual=residual, layer_scale=layer_scale)
     return MobileNetV4([("conv", stem, 3, 2)] + specs, in_channels, num_classes, style, ("paper", 1280, drop_rate))
 
@@ -399,37 +421,35 @@ def mobilenetv4_paper(variant: str, in_channels: int = 3, num_classes: int = 0, 
 def _paper_shapes(name: str) -> dict[str, torch.Size]:
     """State-dict shapes of a headless paper config for 3 channels (built on the meta device: no memory)."""
     with torch.device("meta"):
-        model = mobilenetv4_paper(name.removeprefix("mnv4_"), in_channels=3)
+        model = mobilenetv4_paper(name, in_channels=3)
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
 def load_timm_checkpoint(model: MobileNetV4, name: str, path: str, frames: str = "auto") -> MobileNetV4:
     """The family's pretrained hook: a timm MobileNetV4 checkpoint into a paper config (:mod:`rlvision.pretrained`);
     a file of another config is named in the error."""
-    candidates = {f"mnv4_{v}": functools.partial(_paper_shapes, f"mnv4_{v}") for v in PAPER_VARIANTS}
+    candidates = {name: functools.partial(_paper_shapes, name) for name in PAPER_VARIANTS}
     return load_timm_weights(model, name, path, frames=frames, candidates=candidates)
 
 
 def _register() -> None:
     for name, row in SEED_VARIANTS.items():
-        c, _, _, ds, fi, *_ = row
-        register_backbone(f"mobilenetv4_{name}", mobilenetv4_custom, family="mobilenetv4_seed",
-                          min_input_size=min(max(2 ** (fi + 4 * ds), 8), 32),
-                          description=f"seed MobileNet-v4 {name}: width {c}, stride-1 stem, GroupNorm+SiLU",
-                          **_seed_kwargs(row))
+        register_backbone(name, mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=row.min_input_size,
+                          description=f"seed MobileNet-v4 {name.removeprefix('mobilenetv4_')}: width "
+                          f"{row.base_channels}, stride-1 stem, GroupNorm+SiLU", **row._asdict())
     for name, (seed, changes) in RL_PRESETS.items():
-        c, _, _, ds, fi, *_ = SEED_VARIANTS[seed]
-        stride = changes["stem_stride"] * 2 ** (fi + ds)
-        register_backbone(f"mobilenetv4_{name}", mobilenetv4_custom, family="mobilenetv4_seed",
-                          min_input_size=stride, description=f"RL preset of seed {seed}: width {c}, stride-"
+        row = SEED_VARIANTS[seed]
+        stride = changes["stem_stride"] * 2 ** (row.FusedIBs + row.downsample)
+        register_backbone(name, mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=stride,
+                          description=f"RL preset of {seed}: width {row.base_channels}, stride-"
                           f"{changes['stem_stride']} stem, {changes['norm']}+{changes['act']}, residuals",
-                          **{**_seed_kwargs(SEED_VARIANTS[seed]), **changes})
+                          **{**row._asdict(), **changes})
     register_backbone("mobilenetv4_custom", mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=8,
                       description="seed MobileNet-v4 builder with the seed README's keyword arguments")
-    for variant in PAPER_VARIANTS:
-        register_backbone(f"mnv4_{variant}", functools.partial(mobilenetv4_paper, variant),
-                          family="mobilenetv4", min_input_size=32, load_pretrained=load_timm_checkpoint,
-                          description=f"MobileNet-v4 {variant.replace('_', '-')} (Qin et al. 2024)")
+    for name in PAPER_VARIANTS:
+        register_backbone(name, functools.partial(mobilenetv4_paper, name), family="mobilenetv4",
+                          min_input_size=32, load_pretrained=load_timm_checkpoint,
+                          description=f"MobileNet-v4 {name.removeprefix('mnv4_').replace('_', '-')} (Qin et al. 2024)")
 
 
 _register()

@@ -12,6 +12,8 @@ sizes are read from the tensors, so any side >= 33 works (17 for ``rest_rl``). A
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -116,18 +118,25 @@ class ResT(Backbone):
         return x
 
 
-# name: (dims, depths, heads, spatial-reduction ratios)
+class ResTVariant(NamedTuple):
+    """A row of the variant table: :class:`ResT`'s keyword arguments."""
+
+    dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    heads: tuple[int, ...]
+    sr_ratios: tuple[int, ...]  # spatial-reduction ratios
+
+
 VARIANTS = {
-    "lite": ((64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 4, 8), (8, 4, 2, 1)),
-    "small": ((64, 128, 256, 512), (2, 2, 6, 2), (1, 2, 4, 8), (8, 4, 2, 1)),
-    "base": ((96, 192, 384, 768), (2, 2, 6, 2), (1, 2, 4, 8), (8, 4, 2, 1)),
-    "large": ((96, 192, 384, 768), (2, 2, 18, 2), (1, 2, 4, 8), (8, 4, 2, 1)),
-    "rl": ((32, 64, 128), (1, 2, 2), (1, 2, 4), (4, 2, 1)),  # stride 16: 84 px -> 6x6 map
+    "rest_lite": ResTVariant((64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 4, 8), (8, 4, 2, 1)),
+    "rest_small": ResTVariant((64, 128, 256, 512), (2, 2, 6, 2), (1, 2, 4, 8), (8, 4, 2, 1)),
+    "rest_base": ResTVariant((96, 192, 384, 768), (2, 2, 6, 2), (1, 2, 4, 8), (8, 4, 2, 1)),
+    "rest_large": ResTVariant((96, 192, 384, 768), (2, 2, 18, 2), (1, 2, 4, 8), (8, 4, 2, 1)),
+    "rest_rl": ResTVariant((32, 64, 128), (1, 2, 2), (1, 2, 4), (4, 2, 1)),  # stride 16: 84 px -> 6x6 map
 }
 
-for _name, (_dims, _depths, _heads, _sr) in VARIANTS.items():
+for _name, _row in VARIANTS.items():
     # default_init "sb3": SB3's orthogonal init over the whole extractor, as before issue 21 (not measured)
-    register_backbone(f"rest_{_name}", ResT, family="rest", default_init="sb3",
-                      min_input_size=2 ** (len(_dims) + 1) + 1,
-                      description=f"ResT-{_name} dims {_dims} depths {_depths}", dims=_dims, depths=_depths,
-                      heads=_heads, sr_ratios=_sr)
+    register_backbone(_name, ResT, family="rest", default_init="sb3", min_input_size=2 ** (len(_row.dims) + 1) + 1,
+                      description=f"ResT-{_name.removeprefix('rest_')} dims {_row.dims} depths {_row.depths}",
+                      **_row._asdict())

@@ -60,10 +60,11 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", required=True, help=f"Zoo's algorithm name: {', '.join(ZOO_ALGOS)}")
     parser.add_argument("--env", required=True, help="the env id you pass to rl_zoo3.train")
-    parser.add_argument("--backbone", default="mobilenetv4_nano_rl")
+    parser.add_argument("--backbone", default="mobilenetv4_nano_rl",
+                        help='the rlvision encoder (default mobilenetv4_nano_rl)')
     parser.add_argument("--backbone-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{norm: gn}'")
-    parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--n-timesteps", type=int, default=1_000_000)
+    parser.add_argument("--n-envs", type=int, default=8, help='parallel envs in the Zoo file (default 8)')
+    parser.add_argument("--n-timesteps", type=int, default=1_000_000, help="Zoo's n_timesteps (default 1,000,000)")
     parser.add_argument("--out", help="write here instead of stdout")
     args = parser.parse_args(argv)
     try:

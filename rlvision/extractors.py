@@ -21,7 +21,7 @@ from .layers import RandomShift
 from .pretrained import ImageNetNormalize
 from .registry import INITS, backbone_info, create_backbone
 
-# families whose convolutions run faster in channels_last on CPU (measured: experiments/bench_speed.py)
+# families whose convolutions run faster in channels_last on CPU (measured: rlvision bench-speed)
 CHANNELS_LAST_FAMILIES = ("baseline", "mobilenetv4", "mobilenetv4_seed")
 
 
@@ -90,7 +90,7 @@ class VisionExtractor(BaseFeaturesExtractor):
         stack (e.g. ``"flexnet_rl"`` to super-resolve low-resolution frames); the backbone sees the upscaled image.
     :param preprocess_kwargs: for :func:`rlvision.create_preprocess` (``scale``, ``channels``: 3 for RGB frames, 1
         for grey stacks, inferred from the channel count).
-    :param preprocess_weights: weights saved by experiments/train_sr.py (loaded with ``weights_only=True``).
+    :param preprocess_weights: weights saved by ``rlvision train-sr`` (loaded with ``weights_only=True``).
     :param freeze_preprocess: run the stage reparameterized, in eval mode, without autograd (default); False trains it
         end to end with the RL loss.
     :param channels_last: keep the backbone's weights and its input in channels_last memory format (faster

@@ -133,7 +133,7 @@ def load_preprocess(stage: PreprocessStage, path: str) -> PreprocessStage:
     loaded weights on the next ``reparameterize()``, never reused stale.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No preprocessing weights at {path!r}; train them with experiments/train_sr.py.")
+        raise FileNotFoundError(f"No preprocessing weights at {path!r}; train them with `rlvision train-sr`.")
     data = torch.load(path, map_location="cpu", weights_only=True)
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):

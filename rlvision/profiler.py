@@ -31,7 +31,7 @@ def peak_memory_mb() -> float:
     """Peak resident memory of this process in MiB (since :func:`reset_peak_memory` where Linux allows it);
     SubprocVecEnv workers are not included. The count starts at the resident memory when reset, which includes
     what earlier work in the process left cached: for a figure of one run alone, run it in its own process
-    (``compare_backbones.py`` does)."""
+    (``rlvision compare`` does: rlvision.runs.run_isolated)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:

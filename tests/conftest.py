@@ -1,5 +1,4 @@
 import os
-import sys
 
 import gymnasium as gym
 import numpy as np
@@ -7,7 +6,6 @@ import pytest
 import torch
 from gymnasium import spaces
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 HAS_CUDA = torch.cuda.is_available()

@@ -5,7 +5,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments import compare_backbones, train
+from rlvision.commands import compare as compare_backbones, train
 from rlvision.profiler import PHASES
 
 
@@ -73,7 +73,7 @@ def test_backbone_specs_take_options():
 
 
 def test_bench_speed_prints_both_tables(tmp_path):
-    from experiments import bench_speed
+    from rlvision.commands import bench_speed
     bench_speed.main(["--backbones", "mobilenetv4_nano_rl", "--train-backbones", "nature_cnn", "--input", "4x48x48",
                       "--rollout-batch", "2", "--train-batch", "4", "--rounds", "2", "--train-rounds", "1",
                       "--no-compile", "--out", str(tmp_path)])

@@ -133,7 +133,7 @@ def test_defaults_are_the_fast_rl_preset():
     import inspect
 
     from rlvision.agents import make_agent
-    from experiments import train
+    from rlvision.commands import train
 
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     assert VisionExtractor(space).backbone_name == "mobilenetv4_nano_rl"

@@ -7,7 +7,7 @@ import torch
 import rlvision
 from rlvision.agents import make_agent
 from rlvision.envs import downscale, make_env
-from experiments import train_sr
+from rlvision.commands import train_sr
 from rlvision import count_parameters, create_preprocess, load_preprocess, save_preprocess
 from rlvision.sr.flexnet import OmniShift
 from rlvision.sr.metrics import edge_weighted_l1, psnr, ssim
@@ -76,7 +76,7 @@ def test_mismatched_weights_are_refused(tmp_path):
     torch.save({"nonsense": torch.zeros(1)}, tmp_path / "bare.pt")
     with pytest.raises(ValueError, match="does not fit"):
         load_preprocess(create_preprocess("flexnet_rl", channels=1), str(tmp_path / "bare.pt"))
-    with pytest.raises(FileNotFoundError, match="train_sr"):
+    with pytest.raises(FileNotFoundError, match="rlvision train-sr"):
         load_preprocess(create_preprocess("flexnet_rl", channels=1), str(tmp_path / "missing.pt"))
 
 

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rlvision.agents.checkpoints import check_checkpoint, config_hash, latest_checkpoint, load_checkpoint
 from rlvision.envs import make_env
-from experiments import train
+from rlvision.commands import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,30 +1,31 @@
-"""experiments/sweep.py: statistics on known inputs, a two-trial Ray sweep, and resuming without re-running."""
+"""rlvision.stats on known inputs; rlvision sweep: a two-trial Ray sweep, and resuming without re-running."""
 
 import os
 
 import numpy as np
 import pytest
 
-from experiments import sweep
+from rlvision import stats
+from rlvision.commands import sweep
 
 
 def test_bootstrap_ci_on_known_inputs():
-    assert sweep.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    assert all(np.isnan(sweep.bootstrap_ci([1.0])))
-    low, high = sweep.bootstrap_ci(np.arange(100.0))  # normal approximation: 49.5 +- 1.96 * 28.87 / 10
+    assert stats.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    assert all(np.isnan(stats.bootstrap_ci([1.0])))
+    low, high = stats.bootstrap_ci(np.arange(100.0))  # normal approximation: 49.5 +- 1.96 * 28.87 / 10
     assert low == pytest.approx(49.5 - 5.66, abs=0.8) and high == pytest.approx(49.5 + 5.66, abs=0.8)
-    low, high = sweep.bootstrap_ci([0.0, 1.0])
+    low, high = stats.bootstrap_ci([0.0, 1.0])
     assert 0.0 <= low < 0.5 < high <= 1.0
 
 
 def test_interquartile_mean_and_first_crossing():
-    assert sweep.interquartile_mean([1, 2, 3, 4]) == 2.5  # drops one run at each end
-    assert sweep.interquartile_mean([0, 0, 1, 1, 1, 1, 100, 100]) == 1.0
-    assert np.isnan(sweep.interquartile_mean([1, 2, 3]))
+    assert stats.interquartile_mean([1, 2, 3, 4]) == 2.5  # drops one run at each end
+    assert stats.interquartile_mean([0, 0, 1, 1, 1, 1, 100, 100]) == 1.0
+    assert np.isnan(stats.interquartile_mean([1, 2, 3]))
     curve = [dict(steps=0, seconds=0.0, eval_return=0.1), dict(steps=10, seconds=2.0, eval_return=0.6),
              dict(steps=20, seconds=4.0, eval_return=0.9)]
-    assert sweep.first_crossing(curve, 0.5) == 10 and sweep.first_crossing(curve, 0.5, "seconds") == 2.0
-    assert sweep.first_crossing(curve, 1.0) is None
+    assert stats.first_crossing(curve, 0.5) == 10 and stats.first_crossing(curve, 0.5, "seconds") == 2.0
+    assert stats.first_crossing(curve, 1.0) is None
 
 
 def test_summary_rows_per_backbone_and_env():
@@ -33,13 +34,13 @@ def test_summary_rows_per_backbone_and_env():
                     curve=[dict(steps=0, seconds=0.0, eval_return=0.0), dict(steps=8, seconds=1.0, eval_return=final)])
 
     rows = [row("a", s, f) for s, f in enumerate([1.0, 2.0, 3.0, 4.0])] + [row("b", 0, 0.2)]
-    table = {r["backbone"]: r for r in sweep.summarize(rows, {"E": 2.5})}
+    table = {r["backbone"]: r for r in stats.summarize(rows, {"E": 2.5})}
     assert table["a"]["seeds"] == 4 and table["a"]["final_return"] == 2.5 and table["a"]["iqm"] == 2.5
     assert table["a"]["ci95_low"] < 2.5 < table["a"]["ci95_high"]
     assert table["a"]["reached"] == "2/4" and table["a"]["steps_to_threshold"] == 8
     assert table["b"]["reached"] == "0/1" and table["b"]["steps_to_threshold"] is None
     assert np.isnan(table["b"]["ci95_low"])  # one seed: no interval
-    assert "| a |" in sweep.markdown(list(table.values()))
+    assert "| a |" in stats.markdown_table(list(table.values()))
 
 
 def test_two_trial_sweep_writes_the_table_and_plots_and_resumes_without_rerunning(tmp_path):

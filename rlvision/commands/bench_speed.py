@@ -1,0 +1,228 @@
+"""What rlvision's speed path buys, measured side by side in one process (issue 6).
+
+    rlvision bench-speed --backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl,mnv4_conv_small
+
+1. Rollout forward at batch 8: the encoder in plain eval mode (contiguous weights, ``torch.no_grad``, what SB3 does
+   with any extractor) against rlvision's inference path (the extractor's InferenceCopy: BatchNorm folded,
+   channels_last, ``torch.inference_mode``). The two are timed in alternation, call by call, so machine drift hits
+   both alike; medians. Also: the largest output difference and whether a random linear policy head picks the same
+   action from both on every observation.
+   On CUDA (``--device cuda``) a third column: the inference copy replayed from a CUDA graph (the default there),
+   next to the copy run eagerly.
+2. Forward+backward at batch 256 (train mode) for each formulation of the training model: plain (NCHW),
+   channels_last, ``torch.compile``, both; alternated the same way. Compile time is reported apart.
+   On CUDA the whole minibatch update (forward, backward, fused Adam step) in each formulation: eager (TF32),
+   bf16 autocast, ``torch.compile`` (default, ``reduce-overhead``, ``max-autotune-no-cudagraphs``) and one CUDA
+   graph of the whole update (capturable Adam).
+Prints markdown tables and writes them to ``<out>/speed.md``. Times on CUDA synchronise before reading the clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+import rlvision
+from rlvision.stats import markdown_table
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def alternate(fns: dict[str, callable], rounds: int) -> dict[str, float]:
+    """Median milliseconds per call of each function, calling them in turn ``rounds`` times after one warm-up."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int, device: str = "cpu") -> dict:
+    """Plain eval forward vs the inference path for one encoder, same weights, same observations."""
+    cuda = device.startswith("cuda")
+    plain = rlvision.VisionExtractor(space, name, channels_last=False, inference_copy=False).to(device)
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics, as after some training
+        plain.train()(torch.rand(64, *space.shape, device=device))
+    variants = {"fast": rlvision.VisionExtractor(space, name, cuda_graph=False)}
+    if cuda:
+        variants["graph"] = rlvision.VisionExtractor(space, name, cuda_graph=True)
+    for model in variants.values():
+        model.load_state_dict(plain.state_dict())
+        model.to(device).train().eval()
+    plain.eval()
+    obs = torch.rand(batch, *space.shape, device=device)
+    head = torch.randn(plain.features_dim, 6, device=device)  # a random 6-action linear policy head
+    with torch.no_grad():
+        times = alternate({"plain": lambda: plain(obs), **{k: (lambda m=m: m(obs)) for k, m in variants.items()}},
+                          rounds)
+        checks = torch.rand(256, *space.shape, device=device)
+        a = plain(checks)
+        b = variants["graph" if cuda else "fast"](checks)
+    fast = variants["fast"]
+    row = dict(backbone=name, device=device, plain_eval_ms=round(times["plain"], 3),
+               inference_path_ms=round(times["fast"], 3), ratio=round(times["fast"] / times["plain"], 2))
+    if cuda:
+        row.update(cuda_graph_ms=round(times["graph"], 3), graph_ratio=round(times["graph"] / times["plain"], 3),
+                   graph_error=variants["graph"]._inference.graph_error or "")
+    row.update(max_abs_diff=f"{(a - b).abs().max().item():.1e}",
+               same_actions=f"{((a @ head).argmax(1) == (b @ head).argmax(1)).float().mean().item():.3f}",
+               folded_bn=len(fast._inference.folds), resync_ms=round(1000 * timed(fast._inference.sync), 2))
+    return row
+
+
+def timed(fn) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def training_rows(name: str, space: spaces.Box, batch: int, rounds: int, compile_too: bool) -> list[dict]:
+    """Forward+backward of the training model in each formulation; the same weights and batch for all."""
+    variants = {"plain": dict(channels_last=False), "channels_last": dict(channels_last=True),
+                "channels_last+augment_shift4": dict(channels_last=True, augment_shift=4)}
+    if compile_too:
+        variants.update({"compile": dict(channels_last=False, compile=True),
+                         "channels_last+compile": dict(channels_last=True, compile=True)})
+    x = torch.rand(batch, *space.shape)
+    models, steps, first_call = {}, {}, {}
+    for label, kwargs in variants.items():
+        model = rlvision.VisionExtractor(space, name, inference_copy=False, **kwargs).train()
+        if models:
+            model.load_state_dict(next(iter(models.values())).state_dict())
+        models[label] = model
+
+        def step(model=model):
+            model.zero_grad(set_to_none=True)
+            model(x).sum().backward()
+        steps[label] = step
+        first_call[label] = timed(step)  # includes compilation for the compiled variants
+    times = alternate(steps, rounds)
+    base = times["plain"]
+    return [dict(backbone=name, formulation=label, fwd_bwd_ms=round(ms, 1), speedup=round(base / ms, 2),
+                 first_call_s=round(first_call[label], 1)) for label, ms in times.items()]
+
+
+def gpu_update_rows(name: str, space: spaces.Box, batch: int, rounds: int, compile_too: bool,
+                    device: str = "cuda") -> list[dict]:
+    """The whole minibatch update on CUDA (forward, a scalar loss, backward, fused Adam step) per formulation."""
+    x = torch.rand(batch, *space.shape, device=device)
+    reference = rlvision.VisionExtractor(space, name, inference_copy=False).to(device)
+    variants = {"eager_tf32": {}, "bf16_autocast": dict(bf16=True), "cuda_graph": dict(graph=True)}
+    if compile_too:
+        variants.update({"compile_default": dict(compile="default"),
+                         "compile_reduce_overhead": dict(compile="reduce-overhead"),
+                         "compile_max_autotune_no_cudagraphs": dict(compile="max-autotune-no-cudagraphs")})
+    steps, first_call, errors = {}, {}, {}
+    for label, opts in variants.items():
+        try:
+            steps[label], first_call[label] = _gpu_update(space, name, reference, x, device, opts)
+        except Exception as error:  # noqa: BLE001  (one formulation failing must not lose the others' figures)
+            errors[label] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+            print(f"{name} {label} failed: {errors[label]}", flush=True)
+    times = alternate(steps, rounds)
+    base = times["eager_tf32"]
+    rows = [dict(backbone=name, device=device, formulation=label, update_ms=round(ms, 2),
+                 speedup=round(base / ms, 2), first_call_s=round(first_call[label], 1))
+            for label, ms in times.items()]
+    return rows + [dict(backbone=name, device=device, formulation=label, error=e) for label, e in errors.items()]
+
+
+def _gpu_update(space, name, reference, x, device, opts):
+    """One formulation of the minibatch update: (the function to time, seconds of its first call)."""
+    model = rlvision.VisionExtractor(space, name, inference_copy=False).to(device).train()
+    model.load_state_dict(reference.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True, capturable=bool(opts.get("graph")))
+    forward = torch.compile(model, mode=opts["compile"]) if "compile" in opts else model
+
+    def update(model=model, forward=forward, optimizer=optimizer, bf16=bool(opts.get("bf16"))):
+        optimizer.zero_grad(set_to_none=False)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = forward(x).float().square().mean()
+        loss.backward()
+        optimizer.step()
+
+    if opts.get("graph"):  # warm up on a side stream, then capture the whole update once and replay it
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                update()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=False)
+        with torch.cuda.graph(graph):
+            update()
+        step = graph.replay
+    else:
+        step = update
+    return step, timed(step)  # the first call includes compilation for the compiled variants
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl,mobilenetv4_small_rl,"
+                                               "mnv4_conv_small", help="backbones for the rollout-forward table")
+    parser.add_argument("--train-backbones", default="nature_cnn,mobilenetv4_nano_rl,mnv4_conv_small",
+                        help="backbones for the forward+backward table ('' to skip it)")
+    parser.add_argument("--input", default="4x84x84", help="CxHxW")
+    parser.add_argument("--rollout-batch", type=int, default=8, help='batch of the rollout forward (default 8)')
+    parser.add_argument("--train-batch", type=int, default=256, help='minibatch of the training step (default 256)')
+    parser.add_argument("--rounds", type=int, default=60, help="alternations for the rollout table")
+    parser.add_argument("--train-rounds", type=int, default=5,
+                        help="alternating timed rounds of the training step (default 5)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile formulations")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default="runs/bench-speed", help='folder for the tables')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = tuple(int(v) for v in args.input.lower().split("x"))
+    space = spaces.Box(0, 255, shape, np.uint8)
+    torch.manual_seed(0)
+
+    rollout = []
+    for name in filter(None, args.backbones.split(",")):
+        rollout.append(rollout_row(name, space, args.rollout_batch, args.rounds, args.device))
+        print(rollout[-1], flush=True)
+    training = []
+    for name in filter(None, args.train_backbones.split(",")):
+        if args.device.startswith("cuda"):
+            training += gpu_update_rows(name, space, args.train_batch, args.train_rounds, not args.no_compile,
+                                        args.device)
+        else:
+            training += training_rows(name, space, args.train_batch, args.train_rounds, not args.no_compile)
+        print(training[-1], flush=True)
+
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    text = (f"Rollout forward, batch {args.rollout_batch}, input {args.input}, {where} "
+            f"(median of {args.rounds} alternating calls):\n\n{markdown_table(rollout)}\n")
+    if training:
+        what = "Minibatch update (fwd+bwd+Adam)" if args.device.startswith("cuda") else "Forward+backward"
+        text += (f"\n{what}, batch {args.train_batch}, train mode (median of {args.train_rounds} "
+                 f"alternating calls):\n\n{markdown_table(training)}\n")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "speed.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Train the same agent with several backbones under the throughput profiler and compare them side by side.
+
+    rlvision compare --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano --steps 4096
+
+1. Measure the env alone (random actions on the same vec env): the ceiling the rollout phase can approach.
+2. For each backbone (one :class:`rlvision.runs.RunSpec` each, run by :func:`rlvision.runs.run`): same env, seed,
+   algorithm and hyperparameters; a ThroughputProfiler splits the wall time into
+   env stepping, rollout forward, training forward, backward, optimizer step and the rest. Each backbone gets its
+   own TensorBoard run under ``<logdir>/<backbone>`` (TensorBoard overlays them) with its hparams.
+3. Optionally (``--measure-overhead``) train alternating chunks with and without the profiler to measure its cost.
+4. Print a table (FPS, phase shares, params, FLOPs, final return) and save it as summary.md / summary.csv plus a
+   PNG of time per 1000 steps by phase. Ctrl-C stops training and still writes the table of what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import yaml
+
+import rlvision
+from rlvision.algorithms import ALGORITHMS
+from rlvision.profiler import PHASES
+from rlvision.runs import RunSpec, check_entry, env_only_sps, parse_backbones, run, run_isolated
+from rlvision.stats import write_tables
+
+
+def plot_phases(rows: list[dict], path: str, title: str) -> None:
+    """Horizontal stacked bars: seconds per 1000 env steps by phase, FPS written at the end of each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
+    names = [r["backbone"] for r in rows]
+    left = np.zeros(len(rows))
+    for phase in PHASES:
+        width = np.array([1000 / r["fps"] * r[phase] for r in rows])
+        ax.barh(names, width, left=left, label=phase)
+        left += width
+    for y, (total, row) in enumerate(zip(left, rows)):
+        ax.text(total, y, f" {row['fps']:.0f} FPS", va="center")
+    ax.set_xlabel("seconds per 1000 env steps")
+    ax.set_title(title)
+    ax.invert_yaxis()
+    ax.set_xlim(0, left.max() * 1.2)
+    ax.legend(ncol=3, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_outputs(rows: list[dict], args: argparse.Namespace, ceiling: float) -> str:
+    low = f", observations shrunk x{args.low_res}" if args.low_res else ""
+    note = f"Env alone ({args.env}{low}, {args.n_envs} envs, random actions): {ceiling:.0f} steps/s."
+    text = write_tables(rows, os.path.join(args.logdir, "summary.md"), os.path.join(args.logdir, "summary.csv"), note)
+    plot_phases(rows, os.path.join(args.logdir, "phases.png"),
+                f"{args.algo.upper()} on {args.env}, {args.n_envs} envs, {args.steps} steps")
+    return text
+
+
+def spec_of(args: argparse.Namespace, name: str, options: dict, stage: str | None) -> RunSpec:
+    """The RunSpec of one entry of the comparison."""
+    return RunSpec(env=args.env, backbone=name, options=dict(options), algo=args.algo, steps=args.steps,
+                   n_envs=args.n_envs, seed=args.seed, hyperparams=args.hyperparams, env_kwargs=args.env_kwargs,
+                   low_res=args.low_res, backend=args.backend, stage=stage, preprocess_scale=args.preprocess_scale,
+                   eval_episodes=args.eval_episodes, eval_every=args.eval_every, device=args.device,
+                   threads=args.threads, logdir=args.logdir, progress=not args.no_progress,
+                   measure_overhead=args.measure_overhead)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="ALE/Pong-v5", help="gymnasium env id (default: ALE/Pong-v5)")
+    parser.add_argument("--env-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{size: 48}'")
+    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano_rl",
+                        help="comma-separated names, each with optional extractor/backbone options in brackets, e.g. "
+                             "'nature_cnn[channels_last=false,inference_copy=false],mobilenetv4_nano_rl[norm=gn]', "
+                             "'mnv4_conv_small[pretrained=model.safetensors,freeze_backbone=true]', or "
+                             "'mnv4_conv_small[pretrained=model.safetensors,encode_once=true]' (frozen encoder "
+                             "computed once per env step, MlpPolicy on its features); for SAC/TD3/TQC/CrossQ "
+                             "'nature_cnn[encoder_sharing=critic,augment_shift=4]' (DrQ-v2)")
+    parser.add_argument("--preprocess", default="none",
+                        help="comma-separated stages name[:weights] run before each backbone, e.g. "
+                             "'bicubic,flexnet_rl:runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt'")
+    parser.add_argument("--preprocess-scale", type=int, default=2, help="upscaling of the preprocessing stage")
+    parser.add_argument("--low-res", type=int, default=None, help="shrink observations by this factor")
+    parser.add_argument("--backend", default="native", choices=["native", "python"],
+                        help="Atari: ale-py's C++ vector env (native) or SB3's Python wrappers")
+    parser.add_argument("--device", default="auto", help="torch device for the agent (auto: cuda if available)")
+    parser.add_argument("--algo", default="ppo", help=f"algorithm: {', '.join(ALGORITHMS)} (default: ppo)")
+    parser.add_argument("--steps", type=int, default=4096, help="env steps per backbone (default: 4096)")
+    parser.add_argument("--n-envs", type=int, default=8, help="parallel envs (default: 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    parser.add_argument("--hyperparams", type=yaml.safe_load, default={}, help="YAML dict over agents.DEFAULTS")
+    parser.add_argument("--eval-episodes", type=int, default=0, help="episodes of the final (or each) evaluation")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="also evaluate every so many env steps (a learning curve; needs --eval-episodes)")
+    parser.add_argument("--measure-overhead", action="store_true", help="also time training without the profiler")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--logdir", default=None, help="default: runs/compare-<env>-<time>")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--same-process", dest="process_per_run", action="store_false",
+                        help="run every backbone in this process (faster start; peak_memory_mb then includes what "
+                             "earlier runs left cached)")
+    args = parser.parse_args(argv)
+    backbones = parse_backbones(args.backbones)
+    stages = [p.strip() for p in args.preprocess.split(",") if p.strip()]
+    for option in ("steps", "n_envs"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    if args.eval_episodes < 0:
+        parser.error(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
+    if args.eval_every is not None and (args.eval_every < 1 or not args.eval_episodes):
+        parser.error("--eval-every must be >= 1 and needs --eval-episodes >= 1")
+    for name, options in backbones:  # unknown names, options and algos fail now, not after an hour of training
+        try:
+            check_entry(name, options, args.algo)
+        except ValueError as error:
+            parser.error(f"--backbones / --algo: {error}")
+    for stage in stages:
+        if stage != "none":
+            rlvision.preprocess_info(stage.partition(":")[0])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stamp = time.strftime('%m%d-%H%M%S')
+    args.logdir = args.logdir or os.path.join("runs", f"compare-{args.env.replace('/', '-')}-{stamp}")
+    os.makedirs(args.logdir, exist_ok=True)
+
+    specs = [spec_of(args, name, options, stage) for name, options in backbones for stage in stages]
+    ceiling = env_only_sps(specs[0])
+    print(f"Env alone: {ceiling:.0f} steps/s")
+    rows: list[dict] = []
+    curves: dict[str, list[dict]] = {}
+    try:
+        for spec in specs:
+            algo = spec.options.get("algo", spec.algo).upper()
+            print(f"== {spec.backbone} {spec.options or ''} ({spec.stage}): {algo} on {spec.env}, {spec.steps} steps, "
+                  f"{spec.n_envs} envs", flush=True)
+            rows.append(run_isolated(spec) if args.process_per_run else run(spec))
+            rows[-1].pop("diagnostics", None)
+            curve = rows[-1].pop("curve", None)
+            if curve:
+                curves[rows[-1]["backbone"]] = curve
+            print(json.dumps(rows[-1]), flush=True)
+    except KeyboardInterrupt:
+        print("Interrupted: writing the table of the runs that finished.")
+    if rows:
+        print("\n" + save_outputs(rows, args, ceiling) + "\n")
+    if curves:
+        with open(os.path.join(args.logdir, "curves.json"), "w") as f:
+            json.dump(curves, f)
+    print(f"Runs in {args.logdir} (summary.md, summary.csv, phases.png). Compare: tensorboard --logdir {args.logdir}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

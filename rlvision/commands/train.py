@@ -1,0 +1,152 @@
+"""Train one agent from a YAML config: env, algo, backbone, hyperparameters, steps, seed.
+
+    rlvision train experiments/configs/ppo_synthetic.yaml
+    rlvision train experiments/configs/ppo_pong.yaml --set backbone=mnv4_conv_small --set steps=200000
+    rlvision train experiments/configs/ppo_pong.yaml --set backbone=mnv4_conv_small --set steps=200000 \
+        --resume   # after an interruption (Ctrl-C, kill -9, a lost machine): continue from the last good checkpoint
+
+Writes TensorBoard logs, periodic checkpoints, the final model and an evaluation summary under
+``<log_dir>/<run_name>/``, with a progress bar while it trains. Checkpoints (``checkpoints/step_<N>/``: model with
+optimizer state and step count, the replay buffer of off-policy algorithms, VecNormalize statistics) are written
+atomically every ``checkpoint_every`` steps and on Ctrl-C; ``--resume`` continues the newest complete one of the
+same config (a truncated one, or one of another config, is skipped with a message), in the same TensorBoard run.
+Without ``--resume`` a run directory that has checkpoints is refused rather than overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import yaml
+from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.logger import configure as configure_logger
+
+from rlvision.agents import evaluate_agent, make_agent
+from rlvision.diagnostics import EncoderDiagnostics
+from rlvision.agents.checkpoints import (CheckpointEvery, config_hash, latest_checkpoint, load_checkpoint,
+                                save_checkpoint)
+from rlvision.agents.factory import check_replay_buffer, DEFAULTS
+from rlvision.envs import make_env
+
+DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
+                      backbone="mobilenetv4_nano_rl", backbone_kwargs={}, features_dim=256, hyperparams={},
+                      steps=50_000, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train",
+                      run_name=None, threads=None, device="auto", normalize_reward=False)
+# keys that may change when a run is resumed (the rest must match the checkpoint's config)
+RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name")
+
+
+def load_config(path: str | None, overrides: list[str]) -> dict:
+    """The YAML file over DEFAULT_CONFIG, then ``key=value`` overrides (values parsed as YAML)."""
+    config = dict(DEFAULT_CONFIG)
+    if path:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        unknown = set(loaded) - set(DEFAULT_CONFIG)
+        if unknown:
+            raise SystemExit(f"Unknown config keys {sorted(unknown)} in {path}; known: {sorted(DEFAULT_CONFIG)}")
+        config.update(loaded)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in DEFAULT_CONFIG:
+            raise SystemExit(f"--set wants key=value with key in {sorted(DEFAULT_CONFIG)}, got {item!r}")
+        config[key] = yaml.safe_load(value)
+    for key, minimum in (("steps", 1), ("n_envs", 1), ("checkpoint_every", 1), ("eval_episodes", 0),
+                         ("features_dim", 1)):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise SystemExit(f"Config key {key!r} must be an int >= {minimum}, got {value!r}.")
+    for key in ("env_kwargs", "backbone_kwargs", "hyperparams"):
+        if not isinstance(config[key], dict):
+            raise SystemExit(f"Config key {key!r} must be a mapping (YAML dict), got {config[key]!r}.")
+    return config
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="YAML config (see experiments/configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the newest complete checkpoint of this run (same config)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+
+    run_name = cfg["run_name"] or f"{cfg['algo']}_{cfg['backbone']}_{cfg['env'].replace('/', '-')}_s{cfg['seed']}"
+    run_dir = os.path.join(cfg["log_dir"], run_name)
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    digest = config_hash(cfg, RESUMABLE_CHANGES)
+    checkpoint = latest_checkpoint(checkpoint_dir, digest) if args.resume else None
+    if args.resume and checkpoint is None:
+        raise SystemExit(f"--resume: no complete checkpoint of this config in {checkpoint_dir}; run without --resume "
+                         f"(and another run_name) to start afresh.")
+    if not args.resume and os.path.isdir(checkpoint_dir) and any(d.startswith("step_")
+                                                                 for d in os.listdir(checkpoint_dir)):
+        raise SystemExit(f"{run_dir} already has checkpoints: pass --resume to continue that run, or set another "
+                         f"run_name (--set run_name=...) to start a new one.")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f)
+
+    # 1. Environments: training copies and one separate evaluation copy.
+    env = make_env(cfg["env"], n_envs=cfg["n_envs"], seed=cfg["seed"], frame_stack=cfg["frame_stack"],
+                   env_kwargs=cfg["env_kwargs"])
+    eval_env = make_env(cfg["env"], n_envs=1, seed=cfg["seed"] + 10_000, frame_stack=cfg["frame_stack"],
+                        env_kwargs=cfg["env_kwargs"])
+    if cfg["normalize_reward"]:
+        env = VecNormalize(env, norm_obs=False, norm_reward=True)
+
+    # 2. The agent, with the rlvision encoder, logging to TensorBoard under run_dir.
+    if checkpoint is None:
+        model = make_agent(cfg["algo"], env, backbone=cfg["backbone"], features_dim=cfg["features_dim"],
+                           backbone_kwargs=cfg["backbone_kwargs"], seed=cfg["seed"], device=cfg["device"],
+                           **cfg["hyperparams"])
+    else:  # the same memory check as a new run, then weights, optimizer, step count, buffer, VecNormalize
+        params = {**DEFAULTS[cfg["algo"]], **cfg["hyperparams"]}
+        if "buffer_size" in params:
+            check_replay_buffer(cfg["algo"], env, params, 0.8)
+        model = load_checkpoint(checkpoint, cfg["algo"], env, device=cfg["device"])
+        print(f"Resuming {run_dir} from {checkpoint} (step {model.num_timesteps:,}).")
+        csv_path = os.path.join(run_dir, "progress.csv")
+        if os.path.exists(csv_path):  # SB3's CSV logger starts its file afresh: keep the earlier rows
+            os.replace(csv_path, os.path.join(run_dir, f"progress-until-{model.num_timesteps}.csv"))
+    resumed_from = model.num_timesteps if checkpoint else None
+    model.set_logger(configure_logger(run_dir, ["tensorboard", "csv"]))  # TensorBoard + progress.csv in run_dir
+    print(f"{cfg['algo'].upper()} + {cfg['backbone']} on {cfg['env']} {env.observation_space.shape}: "
+          f"{sum(p.numel() for p in model.policy.parameters()):,} policy parameters -> {run_dir}")
+
+    # 3. Train, with checkpoints every `checkpoint_every` steps.
+    checkpoints = CheckpointEvery(cfg["checkpoint_every"], checkpoint_dir, digest)
+    start, first_step = time.perf_counter(), model.num_timesteps
+    try:  # on resume: the remaining steps, in the same TensorBoard run, with the step count and schedules going on
+        model.learn(max(cfg["steps"] - model.num_timesteps, 0), callback=[checkpoints, EncoderDiagnostics()],
+                    progress_bar=not args.no_progress, reset_num_timesteps=checkpoint is None)
+    except KeyboardInterrupt:
+        print("Interrupted: saving a checkpoint (continue with --resume) and evaluating what was trained so far.")
+        save_checkpoint(model, checkpoint_dir, digest)
+    elapsed = time.perf_counter() - start
+    model.save(os.path.join(run_dir, "model.tmp.zip"))
+    os.replace(os.path.join(run_dir, "model.tmp.zip"), os.path.join(run_dir, "model.zip"))
+
+    # 4. Final evaluation on the separate env.
+    result = dict(run_dir=run_dir, steps=int(model.num_timesteps), seconds=round(elapsed, 1),
+                  fps=round((model.num_timesteps - first_step) / max(elapsed, 1e-9), 1), resumed_from=resumed_from)
+    if cfg["eval_episodes"]:
+        result.update(evaluate_agent(model, eval_env, cfg["eval_episodes"]))
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    print(f"TensorBoard: tensorboard --logdir {cfg['log_dir']}")
+    env.close()
+    eval_env.close()
+    return result
+
+
+if __name__ == "__main__":
+    main()

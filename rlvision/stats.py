@@ -1,0 +1,98 @@
+"""Statistics over seeds and the one table writer, for sweeps, comparisons and benchmarks.
+
+- :func:`bootstrap_ci` (percentile bootstrap CI of the mean), :func:`interquartile_mean` (rliable's IQM),
+  :func:`first_crossing` (steps or seconds to a return threshold), :func:`summarize` (one row per env, algo and
+  backbone from the runs of a sweep);
+- :func:`markdown_table` and :func:`write_tables` (Markdown and CSV) for any list of row dicts.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+
+def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (n >= 2; NaNs for fewer): resample with replacement."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(x, size=(resamples, x.size), replace=True).mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def interquartile_mean(values) -> float:
+    """Mean of the middle 50% (rliable's IQM: drop ``int(0.25 n)`` runs at each end); NaN below 4 runs."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    if x.size < 4:
+        return float("nan")
+    cut = int(0.25 * x.size)
+    return float(x[cut:x.size - cut].mean())
+
+
+def first_crossing(curve: list[dict], threshold: float, key: str = "steps") -> float | None:
+    """``curve[i][key]`` of the first evaluation with ``eval_return >= threshold``; None if never reached."""
+    for point in curve:
+        if point["eval_return"] >= threshold:
+            return point[key]
+    return None
+
+
+def summarize(rows: list[dict], thresholds: dict[str, float | None]) -> list[dict]:
+    """One row per (env, algo, backbone) from the trials' rows (each with its ``curve``)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["env"], row["algo"], row["backbone"]), []).append(row)
+    table = []
+    for (env, algo, backbone), runs in groups.items():
+        final = [r["curve"][-1]["eval_return"] for r in runs]
+        low, high = bootstrap_ci(final)
+        entry = dict(env=env, algo=algo, backbone=backbone, seeds=len(runs),
+                     final_return=round(float(np.mean(final)), 3),
+                     ci95_low=round(low, 3), ci95_high=round(high, 3), iqm=round(interquartile_mean(final), 3),
+                     fps=round(float(np.median([r["fps"] for r in runs])), 1), params=runs[0]["params"],
+                     mflops=runs[0]["mflops"])
+        for key in ("action_kl", "value_rel_diff"):  # the largest acting/learning gap any seed logged
+            values = [r[f"max_{key}"] for r in runs if r.get(f"max_{key}") is not None]
+            if values:
+                entry[f"max_{key}"] = float(f"{max(values):.3g}")
+        srank = [r["encoder_features_srank"] for r in runs if "encoder_features_srank" in r]
+        if srank:
+            entry["final_srank"] = round(float(np.mean(srank)), 1)
+        threshold = thresholds.get(env)
+        if threshold is not None:
+            steps = [first_crossing(r["curve"], threshold) for r in runs]
+            seconds = [first_crossing(r["curve"], threshold, "seconds") for r in runs]
+            reached = [s for s in steps if s is not None]
+            entry.update(threshold=threshold, reached=f"{len(reached)}/{len(runs)}",
+                         steps_to_threshold=int(np.median(reached)) if reached else None,
+                         seconds_to_threshold=round(float(np.median([s for s in seconds if s is not None])), 1)
+                         if reached else None)
+        table.append(entry)
+    return table
+
+
+def markdown_table(table: list[dict]) -> str:
+    """A Markdown table of row dicts: the union of their keys as columns, empty cells for missing or NaN values."""
+    columns = list(dict.fromkeys(k for row in table for k in row))
+    show = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(show(row.get(c)) for c in columns) + " |" for row in table])
+
+
+def write_tables(rows: list[dict], markdown_path: str | None = None, csv_path: str | None = None,
+                 note: str = "") -> str:
+    """Write ``rows`` as Markdown (with ``note`` below it) and/or CSV; returns the Markdown text."""
+    text = markdown_table(rows) + (f"\n\n{note}" if note else "")
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(text + "\n")
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
+    return text

@@ -1,0 +1,63 @@
+"""The installed ``rlvision`` command, and no script-as-library leftovers (issue 19)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from rlvision.cli import COMMANDS, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "rlvision")
+
+
+def run_outside(args, tmp_path):
+    return subprocess.run([SCRIPT, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not os.path.exists(SCRIPT), reason="the console script is installed by pip install")
+def test_help_of_the_command_and_of_every_subcommand_outside_the_checkout(tmp_path):
+    top = run_outside(["--help"], tmp_path)
+    assert top.returncode == 0 and all(name in top.stdout for name in COMMANDS)
+    for name in COMMANDS:
+        result = run_outside([name, "--help"], tmp_path)
+        assert result.returncode == 0, (name, result.stderr)
+        assert result.stdout.startswith(f"usage: rlvision {name}") or name == "zoo", (name, result.stdout[:80])
+    typo = run_outside(["cmpare"], tmp_path)
+    assert typo.returncode == 2 and "did you mean 'compare'" in typo.stderr
+
+
+def test_every_option_has_help_text():
+    import argparse
+
+    for name, (module, _) in COMMANDS.items():
+        captured = {}
+        original = argparse.ArgumentParser.parse_args
+
+        def grab(self, args=None, namespace=None, captured=captured):
+            captured["parser"] = self
+            raise SystemExit(0)
+
+        argparse.ArgumentParser.parse_args = grab
+        try:
+            with pytest.raises(SystemExit):
+                main([name])
+        finally:
+            argparse.ArgumentParser.parse_args = original
+        missing = [a.dest for a in captured["parser"]._actions if not a.help and a.dest != "help"]
+        assert not missing, (name, missing)
+
+
+def test_no_module_edits_sys_path_or_imports_a_script():
+    offenders = []
+    for folder in ("rlvision", "experiments", "tests", "agents", "envs"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            for file in files:
+                if file.endswith(".py") and file != "test_cli.py":
+                    with open(os.path.join(dirpath, file)) as f:
+                        text = f.read()
+                    if re.search(r"sys\.path\.(insert|append)|PYTHONPATH|from experiments|import experiments", text):
+                        offenders.append(os.path.join(folder, file))
+    assert offenders == []

@@ -81,13 +81,20 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (truncated or foreign files fail in many ways)
+        pickled = "weights only load failed" in str(error).lower()
+        fix = ("It holds pickled Python objects (a whole model saved with torch.save(model)?), which are never "
+               "unpickled here: save its weights instead, torch.save(model.state_dict(), path), or pass timm's "
+               "model.safetensors." if pickled else
+               "Download the file again (it may be truncated) or pass timm's model.safetensors.")
         raise PretrainedWeightsError(f"{path!r} is not a readable checkpoint (truncated or not a safetensors / "
-                                     f"torch file): {type(error).__name__}: {error}") from error
+                                     f"torch file): {type(error).__name__}: {str(error)[:300]}. {fix}") from error
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PretrainedWeightsError(f"{path!r} holds {type(state).__name__}, not a dict of tensors (a state_dict).")
+        raise PretrainedWeightsError(f"{path!r} holds {type(state).__name__}, not a dict of tensors (a state_dict). "
+                                     f"Pass a state_dict file: timm's model.safetensors, or "
+                                     f"torch.save(model.state_dict(), path).")
     return state
 
 
@@ -163,8 +170,11 @@ def adapt_stem(weight: torch.Tensor, in_channels: int, frames: str = "auto") -> 
 def _which_variant(mapped: dict[str, torch.Tensor], candidates: dict[str, Callable[[], dict[str, torch.Size]]]
                    ) -> str | None:
     """The candidate whose headless shapes the mapped checkpoint matches (classifier shapes ignored), if any."""
-    body = {k: v.shape for k, v in mapped.items() if not k.startswith("head.")}
-    return next((name for name, shapes in candidates.items() if shapes() == body), None)
+    def body(shapes: dict) -> dict:
+        return {k: v for k, v in shapes.items() if not k.startswith("head.") and not k.endswith("num_batches_tracked")}
+
+    found = body({k: v.shape for k, v in mapped.items()})
+    return next((name for name, shapes in candidates.items() if body(shapes()) == found), None)
 
 
 def load_timm_weights(model: nn.Module, variant: str, path: str, frames: str = "auto",
@@ -175,10 +185,21 @@ def load_timm_weights(model: nn.Module, variant: str, path: str, frames: str = "
     ``candidates``: name -> the headless state-dict shapes of each model the file might hold instead (the family's
     hook passes its configs), so a mismatch can say which one it is. This module imports no backbone family: the
     family registers its loader with the registry (``register_backbone(..., load_pretrained=...)``)."""
-    mapped = timm_to_rlvision(read_checkpoint(path))
+    try:
+        mapped = timm_to_rlvision(read_checkpoint(path))
+    except PretrainedWeightsError as error:
+        if str(error).startswith("Not a timm"):  # names of another model: say which file, and what to pass
+            raise PretrainedWeightsError(f"{path!r}: {error} Pass a timm MobileNetV4 checkpoint (e.g. "
+                                         f"timm/mobilenetv4_conv_small.e2400_r224_in1k's model.safetensors) to an "
+                                         f"mnv4_* backbone. Nothing was loaded.") from None
+        raise
     target = model.state_dict()
+    read = dict(mapped)
+    for key in target:  # timm's own strict load accepts files saved without BatchNorm's batch counters
+        if key.endswith("num_batches_tracked") and key not in mapped:
+            mapped[key] = torch.zeros_like(target[key])
     in_channels = model.in_channels
-    if "features.0.conv.weight" in mapped and in_channels != 3:
+    if "features.0.conv.weight" in mapped and (in_channels != 3 or frames == "grey"):
         mapped["features.0.conv.weight"] = adapt_stem(mapped["features.0.conv.weight"], in_channels, frames)
     if not any(k.startswith("head.") for k in target):
         mapped = {k: v for k, v in mapped.items() if not k.startswith("head.")}
@@ -186,7 +207,7 @@ def load_timm_weights(model: nn.Module, variant: str, path: str, frames: str = "
     unexpected = sorted(set(mapped) - set(target))
     wrong = sorted(k for k in set(target) & set(mapped) if target[k].shape != mapped[k].shape)
     if missing or unexpected or wrong:
-        guess = _which_variant(mapped, candidates or {})
+        guess = _which_variant(read, candidates or {})
         holds = (f"it holds timm weights of {guess}" if guess else
                  f"it holds a timm MobileNetV4 checkpoint of {sum(v.numel() for v in mapped.values()):,} values "
                  f"that matches no mnv4_* config")
@@ -194,7 +215,17 @@ def load_timm_weights(model: nn.Module, variant: str, path: str, frames: str = "
                    f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
                    "shape mismatches: " + ", ".join(f"{k} {tuple(mapped[k].shape)} vs {tuple(target[k].shape)}"
                                                     for k in wrong[:3]) if wrong else ""]
-        advice = f" Use create_backbone({guess!r}, ...)." if guess and guess != variant else ""
+        head = mapped.get("head.4.weight")
+        if guess and guess != variant:
+            advice = f" Use create_backbone({guess!r}, ...)."
+        elif wrong and all(k.startswith("head.") for k in wrong) and head is not None:
+            advice = (f" Its classifier has {head.shape[0]} classes: create the backbone with "
+                      f"num_classes={head.shape[0]}, or headless (num_classes=0, what the RL extractor uses).")
+        elif unexpected and not missing and not wrong:
+            advice = (" Remove the extra entries from the file (or pass the file timm saved), and check it is "
+                      "the model you meant.")
+        else:
+            advice = " Pass the timm checkpoint of this config."
         raise PretrainedWeightsError(f"{path!r} does not fit {variant}: {holds}; "
                                      + "; ".join(d for d in details if d) + "." + advice + " Nothing was loaded.")
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in mapped.items()})

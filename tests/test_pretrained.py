@@ -202,3 +202,47 @@ def test_encode_once_wrapper_gives_the_encoder_features_and_trains_ppo(conv_smal
     encoder.train()
     assert not encoder.training  # frozen stays frozen
     env.close(), encoded.close()
+
+
+def test_grey_frames_with_three_channels_get_the_grey_stem(conv_small_file):
+    """pretrained_frames="grey" with 3 channels: 3 grey frames, so each channel gets the colour-summed kernel / 3."""
+    model = rlvision.create_backbone("mnv4_conv_small", in_channels=3, pretrained=conv_small_file,
+                                     pretrained_frames="grey")
+    rgb = rlvision.create_backbone("mnv4_conv_small", in_channels=3, pretrained=conv_small_file)
+    stem, rgb_stem = model.features[0].conv.weight, rgb.features[0].conv.weight
+    assert torch.allclose(stem, adapt_stem(rgb_stem, 3, "grey"))
+    assert torch.allclose(stem[:, 0], stem[:, 1]) and not torch.allclose(rgb_stem[:, 0], rgb_stem[:, 1])
+
+
+def test_checkpoint_without_batch_counters_loads(tmp_path, conv_small_file):
+    state, _ = timm_checkpoint("conv_small")
+    path = tmp_path / "no_counters.safetensors"
+    save_file({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, str(path))
+    with_counters = rlvision.create_backbone("mnv4_conv_small", pretrained=conv_small_file).state_dict()
+    without = rlvision.create_backbone("mnv4_conv_small", pretrained=str(path)).state_dict()
+    assert all(torch.equal(with_counters[k], without[k]) for k in with_counters)
+
+
+def test_bad_files_get_the_fix_in_the_message(tmp_path):
+    state, _ = timm_checkpoint("conv_small")
+    extra = tmp_path / "extra.safetensors"
+    save_file({**state, "blocks.0.0.conv.extra": torch.zeros(1)}, str(extra))
+    with pytest.raises(PretrainedWeightsError, match=r"1 unexpected.*Remove the extra entries.*Nothing was loaded"):
+        rlvision.create_backbone("mnv4_conv_small", pretrained=str(extra))
+    foreign = tmp_path / "resnet.pth"
+    torch.save({"layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3), "fc.weight": torch.zeros(10, 64)}, foreign)
+    with pytest.raises(PretrainedWeightsError, match=r"resnet.pth.*Not a timm MobileNetV4.*Pass a timm MobileNetV4"):
+        rlvision.create_backbone("mnv4_conv_small", pretrained=str(foreign))
+    pickled = tmp_path / "whole.pth"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    with pytest.raises(PretrainedWeightsError, match=r"pickled Python objects.*state_dict\(\)"):
+        rlvision.create_backbone("mnv4_conv_small", pretrained=str(pickled))
+    ten = tmp_path / "ten_classes.safetensors"
+    save_file({**state, "conv_head.weight": torch.zeros(1280, 960, 1, 1), "norm_head.weight": torch.ones(1280),
+               "norm_head.bias": torch.zeros(1280), "norm_head.running_mean": torch.zeros(1280),
+               "norm_head.running_var": torch.ones(1280), "classifier.weight": torch.zeros(10, 1280),
+               "classifier.bias": torch.zeros(10)}, str(ten))
+    with pytest.raises(PretrainedWeightsError, match=r"classifier has 10 classes.*num_classes=10"):
+        rlvision.create_backbone("mnv4_conv_small", num_classes=1000, pretrained=str(ten))
+    rlvision.create_backbone("mnv4_conv_small", num_classes=10, pretrained=str(ten))  # the fix works
+    rlvision.create_backbone("mnv4_conv_small", pretrained=str(ten))  # and headless ignores the head

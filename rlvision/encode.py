@@ -16,32 +16,22 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from .extractors import SpatialPool, check_image_space
-from .pretrained import ImageNetNormalize
-from .registry import backbone_info, create_backbone
+from .extractors import Encoder, check_image_space
 
 
-class FrozenEncoder(torch.nn.Module):
-    """uint8 (B, C, H, W) -> float (B, D): /255, optional ImageNet normalisation, a frozen backbone in eval mode,
-    the same spatial pooling the extractor would use."""
+class FrozenEncoder(Encoder):
+    """uint8 (B, C, H, W) -> float (B, D): /255, then :class:`rlvision.extractors.Encoder`'s parts without the
+    Linear head (optional ImageNet normalisation, the backbone frozen in eval mode, the pooling the extractor would
+    use), under ``torch.inference_mode``."""
 
     def __init__(self, observation_space: spaces.Box, backbone: str, pool: str | int | None = None,
                  pretrained: str | None = None, pretrained_frames: str = "auto", imagenet_norm: bool | None = None,
                  **backbone_kwargs: Any):
-        super().__init__()
         check_image_space(observation_space)
-        channels, height, width = observation_space.shape
-        self.backbone = create_backbone(backbone, in_channels=channels, pretrained=pretrained,
-                                        pretrained_frames=pretrained_frames, **backbone_kwargs)
-        self.backbone.check_input((1, channels, height, width))
-        use_norm = pretrained is not None if imagenet_norm is None else imagenet_norm
-        self.normalize = ImageNetNormalize(channels, pretrained_frames) if use_norm else torch.nn.Identity()
-        map_shape = self.backbone.feature_shape(height, width)
-        if len(map_shape) == 1:
-            self.pool, self.features_dim = torch.nn.Identity(), map_shape[0]
-        else:
-            self.pool = SpatialPool(backbone_info(backbone).default_pool if pool is None else pool, *map_shape[1:])
-            self.features_dim = self.pool.out_features(*map_shape)
+        super().__init__(tuple(observation_space.shape), backbone, features_dim=None, pool=pool,
+                         pretrained=pretrained, pretrained_frames=pretrained_frames, imagenet_norm=imagenet_norm,
+                         freeze_backbone=True, **backbone_kwargs)
+        self.features_dim = self.out_features
         self.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> "FrozenEncoder":
@@ -49,8 +39,7 @@ class FrozenEncoder(torch.nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images.float() / 255)
-        return self.pool(self.backbone.forward_features(x))
+        return self.encode(images.float() / 255)
 
 
 class VecEncode(VecEnvWrapper):

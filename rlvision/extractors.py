@@ -77,8 +77,143 @@ class SpatialPool(nn.Module):
         return channels * h * w
 
 
-class VisionExtractor(BaseFeaturesExtractor):
-    """Registered backbone -> pool -> Linear -> ReLU, as an SB3 features extractor.
+class EncoderParts:
+    """The parts of an image encoder, shared by :class:`Encoder` (a plain module) and :class:`VisionExtractor` (SB3):
+    observation pipeline (augmentation in training only, super-resolution stage, ImageNet normalisation, memory
+    format) -> backbone -> pool -> Linear + ReLU (no head when ``features_dim`` is None). The parts are
+    submodules under fixed names (``preprocess``, ``augment``, ``normalize``, ``backbone``, ``pool``, ``linear``),
+    so state_dict keys are the same in both."""
+
+    @staticmethod
+    def build_parts(image_shape: tuple[int, int, int], backbone: str, features_dim: int | None, pool, preprocess,
+                    preprocess_kwargs, preprocess_weights, freeze_preprocess: bool, channels_last, pretrained,
+                    pretrained_frames: str, imagenet_norm, freeze_backbone: bool, backbone_lr_scale: float,
+                    augment_shift: int, init: str | None, backbone_kwargs: dict) -> dict[str, Any]:
+        """The parts as a dict (modules not yet attached): see :class:`VisionExtractor` for the options."""
+        info = backbone_info(backbone)
+        init = resolve_init(backbone, init)
+        channels, height, width = image_shape
+        stage = None
+        if preprocess is not None:
+            kwargs = dict(preprocess_kwargs or {})
+            kwargs.setdefault("channels", 3 if channels % 3 == 0 else 1)  # RGB frames, else grey frame stacks
+            stage = create_preprocess(preprocess, **kwargs)
+            if preprocess_weights:
+                load_preprocess(stage, preprocess_weights)
+            height, width = height * stage.scale, width * stage.scale
+        if not backbone_lr_scale > 0:
+            raise ValueError(f"backbone_lr_scale must be > 0, got {backbone_lr_scale}.")
+        check_int("augment_shift", augment_shift, minimum=0)
+        net = create_backbone(backbone, in_channels=channels, pretrained=pretrained,
+                              pretrained_frames=pretrained_frames, **backbone_kwargs)
+        net.check_input((1, channels, height, width))
+        if init == "backbone" and pretrained is None:
+            net.init_weights()
+        return dict(info=info, init=init, stage=stage, net=net, height=height, width=width, channels=channels,
+                    features_dim=features_dim, pool=pool, freeze_preprocess=freeze_preprocess,
+                    channels_last=channels_last, pretrained=pretrained, pretrained_frames=pretrained_frames,
+                    imagenet_norm=imagenet_norm, freeze_backbone=freeze_backbone,
+                    backbone_lr_scale=backbone_lr_scale, augment_shift=augment_shift)
+
+    def _attach_parts(self, parts: dict[str, Any]) -> None:
+        """Register the parts on this module (in the order that keeps RNG draws and state_dict order as before)."""
+        info, stage, net = parts["info"], parts["stage"], parts["net"]
+        self.backbone_name = info.name
+        self.init = parts["init"]
+        self.preprocess = stage
+        self.freeze_preprocess = stage is not None and parts["freeze_preprocess"]
+        if self.freeze_preprocess:
+            stage.requires_grad_(False)
+            stage.eval().reparameterize()
+        self.augment = RandomShift(parts["augment_shift"]) if parts["augment_shift"] else None
+        self.pretrained = parts["pretrained"]
+        imagenet_norm = parts["imagenet_norm"]
+        self.normalize = (ImageNetNormalize(parts["channels"], parts["pretrained_frames"])
+                          if (self.pretrained is not None if imagenet_norm is None else imagenet_norm) else None)
+        self.freeze_backbone = parts["freeze_backbone"]
+        if self.freeze_backbone:
+            net.requires_grad_(False)
+            net.eval()
+        for param in net.parameters():
+            param.lr_scale = parts["backbone_lr_scale"]  # read by rlvision.optim.ScaledLRAdam
+        self.backbone = net
+        map_shape = net.feature_shape(parts["height"], parts["width"])
+        pool = parts["pool"]
+        if len(map_shape) == 1:  # the backbone already pools (e.g. Conformer's two branches): (B, D)
+            self.pool, n_features = nn.Identity(), map_shape[0]
+        else:
+            self.pool = SpatialPool(info.default_pool if pool is None else pool, *map_shape[1:])
+            n_features = self.pool.out_features(*map_shape)
+        features_dim = parts["features_dim"]
+        self.linear = nn.Sequential(nn.Linear(n_features, features_dim), nn.ReLU()) if features_dim else nn.Identity()
+        self.out_features = features_dim or n_features
+        channels_last = parts["channels_last"]
+        self.channels_last = info.family in CHANNELS_LAST_FAMILIES if channels_last is None else channels_last
+        self._set_memory_format(torch.channels_last if self.channels_last else torch.contiguous_format)
+        self._compiled = None
+        # the observation pipeline: stages in order, each (B, C, H, W) -> (B, C', H', W'); the modules stay registered
+        # under their own names (state_dict keys unchanged), the list only orders them
+        self.pipeline = [stage for stage in (
+            self.augment,
+            (FrozenStage(self.preprocess) if self.freeze_preprocess else self.preprocess.forward_stack)
+            if self.preprocess is not None else None,
+            self.normalize,
+            ToChannelsLast() if self.channels_last else None) if stage is not None]
+
+    def encode(self, observations: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float in [0, 1] -> (B, out_features): pipeline -> backbone -> pool -> linear."""
+        for stage in self.pipeline:
+            observations = stage(observations)
+        features = (self._compiled(observations) if getattr(self, "_compiled", None) is not None
+                    else self.backbone.forward_features(observations))
+        return self.linear(self.pool(features))
+
+    def _set_memory_format(self, memory_format: torch.memory_format) -> None:
+        for module in self.backbone.modules():
+            for param in module.parameters(recurse=False):
+                if param.dim() == 4:
+                    param.data = param.data.contiguous(memory_format=memory_format)
+
+
+class Encoder(EncoderParts, nn.Module):
+    """An image encoder usable alone (no SB3): (B, C, H, W) float in [0, 1] -> (B, out_features).
+
+    The same parts and options as :class:`VisionExtractor` (which is this plus SB3's conventions and the rollout
+    speed path); ``features_dim=None`` leaves out the Linear + ReLU head (the pooled backbone features, as
+    :class:`rlvision.encode.FrozenEncoder` uses).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], backbone: str = "mobilenetv4_nano_rl",
+                 features_dim: int | None = 256, pool: str | int | None = None, preprocess: str | None = None,
+                 preprocess_kwargs: dict[str, Any] | None = None, preprocess_weights: str | None = None,
+                 freeze_preprocess: bool = True, channels_last: bool | None = None, pretrained: str | None = None,
+                 pretrained_frames: str = "auto", imagenet_norm: bool | None = None, freeze_backbone: bool = False,
+                 backbone_lr_scale: float = 1.0, augment_shift: int = 0, init: str | None = None,
+                 **backbone_kwargs: Any):
+        if features_dim is not None:
+            check_int("features_dim", features_dim)
+        check_keywords(backbone_kwargs, accepted_keywords(backbone_info(backbone).builder),
+                       f"Encoder with backbone {backbone!r}", extra=EXTRACTOR_KEYWORDS)
+        parts = self.build_parts(tuple(image_shape), backbone, features_dim, pool, preprocess, preprocess_kwargs,
+                                 preprocess_weights, freeze_preprocess, channels_last, pretrained, pretrained_frames,
+                                 imagenet_norm, freeze_backbone, backbone_lr_scale, augment_shift, init,
+                                 backbone_kwargs)
+        nn.Module.__init__(self)
+        self._attach_parts(parts)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.encode(observations)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("_compiled", "pipeline"):  # helpers, not submodules: out of state_dict
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
+    """Registered backbone -> pool -> Linear -> ReLU, as an SB3 features extractor: the :class:`Encoder` parts plus
+    SB3's conventions (its ``train``/``apply`` calls, in one place below) and the rollout speed path.
 
     :param observation_space: Box (C, H, W); uint8 in [0, 255] (SB3 scales it to [0, 1]) or float in [0, 1] with
         ``normalized_image=True``. Frame stacks are just more channels.
@@ -145,93 +280,35 @@ class VisionExtractor(BaseFeaturesExtractor):
                  backbone_lr_scale: float = 1.0, augment_shift: int = 0, init: str | None = None,
                  **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
-        info = backbone_info(backbone)
-        init = resolve_init(backbone, init)
         check_int("features_dim", features_dim)
-        check_keywords(backbone_kwargs, accepted_keywords(info.builder), f"VisionExtractor with backbone {backbone!r}",
-                       extra=EXTRACTOR_KEYWORDS)
-        channels, height, width = observation_space.shape
-        stage = None
-        if preprocess is not None:
-            kwargs = dict(preprocess_kwargs or {})
-            kwargs.setdefault("channels", 3 if channels % 3 == 0 else 1)  # RGB frames, else grey frame stacks
-            stage = create_preprocess(preprocess, **kwargs)
-            if preprocess_weights:
-                load_preprocess(stage, preprocess_weights)
-            height, width = height * stage.scale, width * stage.scale
-        if not backbone_lr_scale > 0:
-            raise ValueError(f"backbone_lr_scale must be > 0, got {backbone_lr_scale}.")
-        net = create_backbone(backbone, in_channels=channels, pretrained=pretrained,
-                              pretrained_frames=pretrained_frames, **backbone_kwargs)
-        net.check_input((1, channels, height, width))
-        if init == "backbone" and pretrained is None:
-            net.init_weights()
+        check_keywords(backbone_kwargs, accepted_keywords(backbone_info(backbone).builder),
+                       f"VisionExtractor with backbone {backbone!r}", extra=EXTRACTOR_KEYWORDS)
+        parts = EncoderParts.build_parts(  # built before the module: the RNG is drawn in the same order as ever
+            tuple(observation_space.shape), backbone, features_dim, pool, preprocess, preprocess_kwargs,
+            preprocess_weights, freeze_preprocess, channels_last, pretrained, pretrained_frames, imagenet_norm,
+            freeze_backbone, backbone_lr_scale, augment_shift, init, backbone_kwargs)
         super().__init__(observation_space, features_dim)
-        self.backbone_name = backbone
-        self.init = init
-        self.preprocess = stage
-        self.freeze_preprocess = stage is not None and freeze_preprocess
-        if self.freeze_preprocess:
-            stage.requires_grad_(False)
-            stage.eval().reparameterize()
         self.register_load_state_dict_post_hook(VisionExtractor._after_load)
-        check_int("augment_shift", augment_shift, minimum=0)
-        self.augment = RandomShift(augment_shift) if augment_shift else None
-        self.pretrained = pretrained
-        self.normalize = (ImageNetNormalize(channels, pretrained_frames)
-                          if (pretrained is not None if imagenet_norm is None else imagenet_norm) else None)
-        self.freeze_backbone = freeze_backbone
-        if freeze_backbone:
-            net.requires_grad_(False)
-            net.eval()
-        for param in net.parameters():
-            param.lr_scale = backbone_lr_scale  # read by rlvision.optim.ScaledLRAdam
-        self.backbone = net
-        map_shape = net.feature_shape(height, width)
-        if len(map_shape) == 1:  # the backbone already pools (e.g. Conformer's two branches): (B, D)
-            self.pool, n_features = nn.Identity(), map_shape[0]
-        else:
-            self.pool = SpatialPool(info.default_pool if pool is None else pool, *map_shape[1:])
-            n_features = self.pool.out_features(*map_shape)
-        self.linear = nn.Sequential(nn.Linear(n_features, features_dim), nn.ReLU())
-        self.channels_last = info.family in CHANNELS_LAST_FAMILIES if channels_last is None else channels_last
-        self._set_memory_format(torch.channels_last if self.channels_last else torch.contiguous_format)
+        self._attach_parts(parts)
+        # the speed path (rlvision.inference, knows nothing of SB3): a folded copy for rollouts, torch.compile
         self.inference_copy = inference_copy
         self.inference_copy_active = False
         self._inference = (InferenceCopy(self, self.channels_last, prepare=_plain_forward, cuda_graph=cuda_graph)
                            if inference_copy else None)
         self._compiled = _Compiled(self.backbone) if compile else None
-        # the observation pipeline: stages in order, each (B, C, H, W) -> (B, C', H', W'); the modules stay registered
-        # under their own names (state_dict keys unchanged), the list only orders them
-        self.pipeline = [stage for stage in (
-            self.augment,
-            (FrozenStage(self.preprocess) if self.freeze_preprocess else self.preprocess.forward_stack)
-            if self.preprocess is not None else None,
-            self.normalize,
-            ToChannelsLast() if self.channels_last else None) if stage is not None]
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float in [0, 1] -> (B, features_dim): the observation pipeline, the backbone, pool+linear;
         in rollouts (eval mode, no autograd) the inference copy of all three instead."""
         if self.inference_copy_active and self.inference_copy and not self.training and not torch.is_grad_enabled():
             return self._inference(observations)
-        for stage in self.pipeline:
-            observations = stage(observations)
-        features = self._compiled(observations) if self._compiled is not None else self.backbone.forward_features(
-            observations)
-        return self.linear(self.pool(features))
+        return self.encode(observations)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("_inference", "_compiled", "pipeline"):  # helpers, not submodules: out of state_dict
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
-
-    def _set_memory_format(self, memory_format: torch.memory_format) -> None:
-        for module in self.backbone.modules():
-            for param in module.parameters(recurse=False):
-                if param.dim() == 4:
-                    param.data = param.data.contiguous(memory_format=memory_format)
 
     @staticmethod
     def _after_load(module: "VisionExtractor", _incompatible) -> None:

@@ -140,3 +140,20 @@ def test_defaults_are_the_fast_rl_preset():
     assert policy_kwargs()["features_extractor_kwargs"]["backbone"] == "mobilenetv4_nano_rl"
     assert inspect.signature(make_agent).parameters["backbone"].default == "mobilenetv4_nano_rl"
     assert train.DEFAULT_CONFIG["backbone"] == "mobilenetv4_nano_rl"
+
+
+def test_encoder_is_the_extractor_without_sb3():
+    """rlvision.extractors.Encoder: the same parts, state_dict keys and outputs as VisionExtractor, usable alone."""
+    from rlvision.extractors import Encoder
+
+    space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    extractor = rlvision.VisionExtractor(space, "mobilenetv4_nano_rl", features_dim=64, augment_shift=2)
+    encoder = Encoder((4, 84, 84), "mobilenetv4_nano_rl", features_dim=64, augment_shift=2)
+    assert list(encoder.state_dict()) == list(extractor.state_dict())
+    encoder.load_state_dict(extractor.state_dict())
+    x = torch.rand(3, 4, 84, 84)
+    encoder.eval(), extractor.eval()
+    with torch.no_grad():
+        assert torch.allclose(encoder(x), extractor(x), atol=1e-6)
+    headless = Encoder((4, 84, 84), "nature_cnn", features_dim=None)
+    assert headless.out_features == 64 * 7 * 7 and headless(x).shape == (3, 64 * 7 * 7)

@@ -1,15 +1,22 @@
-"""Capture once, replay many: CUDA graphs for any module or step function (nothing here knows SB3).
+"""Capture once, replay many: one CUDA-graph cache for any module or step function (nothing here knows SB3).
 
 A small network at RL batch sizes is bound by kernel launches, not arithmetic: a MobileNet forward launches ~100
 kernels, its backward and Adam step several hundred more. A CUDA graph replays all of them as one launch.
 
-- :class:`CudaGraphRunner`: ``module(x)`` under ``torch.inference_mode``, one graph per input shape (rollouts;
-  used by :class:`rlvision.inference.InferenceCopy`).
-- :class:`CudaGraphStep`: a whole training step (forward, backward, optimizer step) of one minibatch, one graph per
-  input shape (used by :class:`rlvision.ppo.GraphedPPO`).
+:class:`CudaGraphCache` keeps one graph per input shape of ``fn(*inputs)``, with the warm-up, the capture and the
+eager fallback in one place. Two settings of it serve rlvision:
+
+- :func:`CudaGraphRunner`: ``module(x)`` under ``torch.inference_mode`` (rollouts; used by
+  :class:`rlvision.inference.InferenceCopy`): a pure function, so warm-up calls run inside the first call of a shape;
+  one memory pool for all shapes.
+- :func:`CudaGraphStep`: a whole training step (forward, backward, optimizer step) of one minibatch (used by
+  :class:`rlvision.ppo.GraphedPPO`): the first ``warmup`` calls of a shape are real eager steps, then it is captured;
+  a memory pool per shape.
 
 Both read every tensor other than their inputs where it lives when captured: update parameters, optimizer state and
-hyperparameters in place (``copy_``, ``fill_``), or call ``reset()`` after replacing one.
+hyperparameters in place (``copy_``, ``fill_``), or call ``reset()`` after replacing one. :meth:`CudaGraphCache.replay`
+is the hook rlvision.profiler times (hooks inside a captured function do not run in a replay); an algorithm lists
+its caches in ``cuda_graph_caches()``.
 """
 
 from __future__ import annotations
@@ -64,122 +71,111 @@ def _shape_key(tensors) -> tuple:
                  for t in tensors)
 
 
-class CudaGraphRunner:
-    """Replay ``module(x)`` from a CUDA graph captured for each input shape, under ``torch.inference_mode``.
+class CudaGraphCache:
+    """``fn(*inputs)`` replayed from a CUDA graph captured per input shape (shape, dtype, device, memory format).
 
-    The graph reads the module's parameters and buffers where they are: change them only in place (``copy_``) and
-    every graph stays valid; after replacing a tensor or moving the module, call :meth:`reset`. The returned tensor
-    is the graph's static output, overwritten by the next replay of that shape: clone it to keep it. At most
-    ``max_shapes`` shapes are kept (then the oldest is dropped). All graphs share one memory pool.
-    If capturing fails (an op that cannot be captured, e.g. one that synchronises with the host), the runner
-    raises the capture error once; callers fall back to eager execution (see :class:`InferenceCopy`).
-
-    :param module: any module; its forward must be a pure function of ``x`` and its tensors.
-    :param warmup: eager calls on a side stream before capture (cuDNN picks its algorithms there).
-    """
-
-    def __init__(self, module: nn.Module, max_shapes: int = 8, warmup: int = 2):
-        self.module, self.max_shapes, self.warmup = module, max_shapes, warmup
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self.pool = None
-        self.captures = 0
-
-    def reset(self) -> None:
-        """Drop every graph (after the module's tensors were replaced rather than updated in place)."""
-        self.graphs.clear()
-        self.pool = None
-
-    def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
-        static_in = torch.empty_like(x)
-        static_in.copy_(x)
-        with side_stream(x.device), torch.inference_mode():
-            for _ in range(self.warmup):
-                self.module(static_in)
-        graph, static_out = capture(lambda: self.module(static_in), x.device, self.pool, inference=True)
-        if self.pool is None:
-            self.pool = graph.pool()
-        self.captures += 1
-        return graph, static_in, static_out
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = _shape_key([x])
-        entry = self.graphs.get(key)
-        if entry is None:
-            if len(self.graphs) >= self.max_shapes:
-                self.graphs.pop(next(iter(self.graphs)))
-            entry = self.graphs[key] = self._capture(x)
-        graph, static_in, static_out = entry
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
-
-
-class CudaGraphStep:
-    """``step(*inputs)`` (one training step: forward, backward, optimizer step) replayed from a CUDA graph.
-
-    For each input shape the first ``warmup`` calls run eagerly on a side stream (real steps: cuDNN picks its
-    algorithms, the optimizer creates its state), the next call is captured and replayed, every later one only
-    replayed. The returned tensors are the graph's static outputs, overwritten by the next call of that shape.
-    Off CUDA, or once a capture failed (warned once, with the reason), ``step`` simply runs eagerly: same results.
-
-    What ``step`` must do to be capturable:
-
-    - set gradients to None before backward (``optimizer.zero_grad(set_to_none=True)``): the captured backward then
-      writes them, at the same addresses, on every replay;
-    - read everything but its inputs from tensors that persist and change only in place: parameters, optimizer
-      state (``torch.optim.Adam(capturable=True)``), hyperparameters that change between calls as 0-d tensors
-      (Adam's ``lr`` as a tensor, updated with ``fill_``); call :meth:`reset` after replacing any of them;
-    - not synchronise with the host (no ``.item()``, no data-dependent Python branches).
-
-    Each shape's graph has its own memory pool (graphs of different shapes never overwrite each other's tensors).
-
+    :param fn: the function; everything it reads besides ``inputs`` must persist and change only in place.
+    :param warmup: eager calls before a shape is captured (cuDNN picks its algorithms, optimizers create their state).
+    :param pure: ``fn`` has no side effects, so the warm-up calls run inside the first call of a shape (rollout
+        forwards); otherwise each warm-up is a real call whose result is returned (training steps), and ``warmup``
+        must be >= 1.
+    :param inference: warm up and capture under ``torch.inference_mode``.
+    :param share_pool: one memory pool for every shape (their outputs may then share memory: use each before the
+        next call, as a rollout does); otherwise a pool per shape.
+    :param max_shapes: graphs kept (the oldest is dropped beyond it).
     :param capture_context: entered around each capture (e.g. a context that turns off host-side argument checks).
+    :param name: what the fallback warning calls the function.
+
+    The returned tensors are the graph's static outputs, overwritten by the next replay of that shape. Off CUDA,
+    when not ``enabled``, or once a capture failed (warned once, with the reason), ``fn`` simply runs eagerly: the
+    same results. ``captures`` counts captures; ``error`` holds the failure.
     """
 
-    def __init__(self, step: Callable[..., Any], warmup: int = 3, enabled: bool = True,
-                 capture_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        if warmup < 1:
-            raise ValueError(f"warmup must be >= 1 (optimizer state is created in an eager step), got {warmup}.")
-        self.step, self.warmup, self.enabled, self.capture_context = step, warmup, enabled, capture_context
+    def __init__(self, fn: Callable[..., Any], warmup: int = 2, pure: bool = False, inference: bool = False,
+                 share_pool: bool = False, max_shapes: int = 8, enabled: bool = True,
+                 capture_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 name: str = "function"):
+        if warmup < (0 if pure else 1):
+            raise ValueError(f"warmup must be >= {0 if pure else 1} (optimizer state is created in an eager step), "
+                             f"got {warmup}.")
+        self.fn, self.warmup, self.pure, self.inference = fn, warmup, pure, inference
+        self.share_pool, self.max_shapes, self.enabled = share_pool, max_shapes, enabled
+        self.capture_context, self.name = capture_context, name
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]] = {}
         self.calls: dict[tuple, int] = {}
+        self.pool = None
         self.captures = 0
         self.error: str | None = None
 
     def reset(self) -> None:
-        """Drop every graph; the next calls warm up and capture again."""
+        """Drop every graph (after the tensors ``fn`` reads were replaced rather than updated in place)."""
         self.graphs.clear()
         self.calls.clear()
+        self.pool = None
+
+    def _mode(self):
+        return torch.inference_mode() if self.inference else contextlib.nullcontext()
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
-        if not self.enabled or self.error is not None or not all(t.is_cuda for t in inputs) or not inputs:
-            return self.step(*inputs)
+        if not self.enabled or self.error is not None or not inputs or not all(t.is_cuda for t in inputs):
+            return self.fn(*inputs)
         key = _shape_key(inputs)
         entry = self.graphs.get(key)
         if entry is None:
-            calls = self.calls[key] = self.calls.get(key, 0) + 1
-            if calls <= self.warmup:
-                with side_stream(inputs[0].device):
-                    return self.step(*inputs)
+            if not self.pure:
+                calls = self.calls[key] = self.calls.get(key, 0) + 1
+                if calls <= self.warmup:
+                    with side_stream(inputs[0].device):
+                        return self.fn(*inputs)
             static = [t.clone() for t in inputs]
             try:
+                if self.pure:
+                    with side_stream(inputs[0].device), self._mode():
+                        for _ in range(self.warmup):
+                            self.fn(*static)
                 with self.capture_context():
-                    graph, out = capture(lambda: self.step(*static), inputs[0].device)
+                    graph, out = capture(lambda: self.fn(*static), inputs[0].device,
+                                         self.pool if self.share_pool else None, inference=self.inference)
             except Exception as error:  # noqa: BLE001  (any capture failure: run eagerly from now on)
                 self.error = f"{type(error).__name__}: {error}"
                 self.reset()
-                warnings.warn(f"CUDA graph capture of the training step failed, it runs eagerly: {self.error}",
+                warnings.warn(f"CUDA graph capture failed ({self.name}), it runs eagerly: {self.error}",
                               RuntimeWarning, stacklevel=2)
-                return self.step(*inputs)
+                return self.fn(*inputs)
+            if self.share_pool and self.pool is None:
+                self.pool = graph.pool()
+            if len(self.graphs) >= self.max_shapes:
+                self.graphs.pop(next(iter(self.graphs)))
             entry = self.graphs[key] = graph, static, out
             self.captures += 1
         return self.replay(entry, inputs)
 
     def replay(self, entry: tuple, inputs: tuple[torch.Tensor, ...]) -> Any:
         """Copy ``inputs`` into the captured graph ``entry``'s static inputs and replay it (its own method, so that
-        rlvision.profiler can time replays: hooks inside the step do not run in a replay)."""
+        rlvision.profiler can time replays: hooks inside ``fn`` do not run in a replay)."""
         graph, static, out = entry
         for dst, src in zip(static, inputs):
             dst.copy_(src)
         graph.replay()
         return out
+
+
+def CudaGraphRunner(module: nn.Module, max_shapes: int = 8, warmup: int = 2) -> CudaGraphCache:  # noqa: N802
+    """The cache for a module's forward under ``torch.inference_mode`` (rollouts): warm-up inside the first call of
+    a shape, one memory pool for all shapes. ``module``'s forward must be a pure function of its input."""
+    return CudaGraphCache(module, warmup=warmup, pure=True, inference=True, share_pool=True, max_shapes=max_shapes,
+                          name="inference copy")
+
+
+def CudaGraphStep(step: Callable[..., Any], warmup: int = 3, enabled: bool = True,  # noqa: N802
+                  capture_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                  ) -> CudaGraphCache:
+    """The cache for a training step (forward, backward, optimizer step) of one minibatch.
+
+    What ``step`` must do to be capturable: set gradients to None before backward
+    (``optimizer.zero_grad(set_to_none=True)``: the captured backward then writes them at the same addresses on every
+    replay); read everything but its inputs from tensors that persist and change only in place (parameters, optimizer
+    state with ``torch.optim.Adam(capturable=True)``, hyperparameters as 0-d tensors updated with ``fill_``); not
+    synchronise with the host (no ``.item()``, no data-dependent Python branches)."""
+    return CudaGraphCache(step, warmup=warmup, pure=False, enabled=enabled, capture_context=capture_context,
+                          name="training step")

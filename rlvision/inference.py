@@ -10,13 +10,12 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .cuda_graphs import CudaGraphRunner  # noqa: F401  (also importable from here, as before)
+from .cuda_graphs import CudaGraphCache, CudaGraphRunner
 
 
 def foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
@@ -60,13 +59,17 @@ class InferenceCopy:
         self.channels_last = channels_last
         self.prepare = prepare
         self.cuda_graph = cuda_graph
-        self.graphs: CudaGraphRunner | None = None
-        self.graph_error: str | None = None
+        self.graphs: CudaGraphCache | None = None
         self.model: nn.Module | None = None
         self._source_tensors: list[torch.Tensor] = []
         self._signature: list | None = None
         self.stale = True
         self.syncs = 0
+
+    @property
+    def graph_error(self) -> str | None:
+        """Why the CUDA graph capture failed (the copy then runs eagerly), or None."""
+        return self.graphs.error if self.graphs is not None else None
 
     def mark_stale(self) -> None:
         """The source's weights may change: re-sync before the next call."""
@@ -136,15 +139,5 @@ class InferenceCopy:
         with torch.inference_mode():
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if x.is_cuda and self.graphs is not None and self.graph_error is None:
-                try:
-                    out = self.graphs(x)
-                except Exception as error:  # noqa: BLE001  (any capture failure: run eagerly, same results)
-                    self.graph_error = f"{type(error).__name__}: {error}"
-                    self.graphs.reset()
-                    warnings.warn(f"CUDA graph capture failed, the inference copy runs eagerly: {self.graph_error}",
-                                  RuntimeWarning, stacklevel=2)
-                    out = self.model(x)
-            else:
-                out = self.model(x)
+            out = self.graphs(x) if self.graphs is not None else self.model(x)  # eager off CUDA or after a failure
         return out.clone()  # a normal tensor: SB3 may use it in later autograd graphs (DQN/SAC targets)

@@ -137,6 +137,10 @@ class GraphedPPO(PPO):
         """True when the update is captured (``cuda_graph`` and the model on CUDA)."""
         return bool(self.cuda_graph) and self.device.type == "cuda"
 
+    def cuda_graph_caches(self) -> list:
+        """The CUDA-graph caches of the update (rlvision.profiler times their replays)."""
+        return [self.graph_step]
+
     @property
     def graph_captures(self) -> int:
         """How many minibatch updates were captured so far (0 off CUDA)."""

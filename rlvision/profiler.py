@@ -20,7 +20,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
-from .cuda_graphs import CudaGraphStep
+from .cuda_graphs import CudaGraphCache
 
 # train_graph: training steps replayed from a CUDA graph (rlvision.ppo.GraphedPPO), forward, backward and optimizer
 # in one launch that no hook can split
@@ -182,9 +182,11 @@ class ThroughputProfiler(BaseCallback):
             self._undo.append(lambda opt=opt: delattr(opt, "step"))
 
     def _install_graph_step_timers(self, model) -> None:
-        """Time the replays of any CudaGraphStep the algorithm holds and count their rows as training samples (its
-        eager calls, warm-up and capture, go through the hooks and the optimizer timer above)."""
-        for graph_step in [v for v in vars(model).values() if isinstance(v, CudaGraphStep)]:
+        """Time the replays of the training-step CUDA graphs the algorithm lists in ``cuda_graph_caches()``
+        (rlvision.ppo.GraphedPPO) and count their rows as training samples (their eager calls, warm-up and capture,
+        go through the hooks and the optimizer timer above)."""
+        caches = model.cuda_graph_caches() if hasattr(model, "cuda_graph_caches") else []
+        for graph_step in [c for c in caches if isinstance(c, CudaGraphCache)]:
             replay = self._timed("train_graph", graph_step.replay)
 
             def counting_replay(entry, inputs, replay=replay):

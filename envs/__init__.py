@@ -1,5 +1,12 @@
 """Image-observation environments for rlvision: ``make_env`` returns an SB3 VecEnv with channel-first images."""
 
+import rlvision as _package
+
+if getattr(_package, "__file__", None) is None:  # a folder named rlvision without __init__.py came first on sys.path
+    raise ImportError(f"'rlvision' resolved to {list(getattr(_package, '__path__', []))}, a folder without "
+                      f"__init__.py (e.g. an empty 'rlvision' directory in the current directory) that shadows the "
+                      f"installed package; run from another directory, or rename or remove that folder.")
+
 from . import synthetic  # noqa: F401  (registers SyntheticPixel-v0 and SyntheticPixelContinuous-v0)
 from .factory import env_family, make_env
 from .synthetic import SyntheticPixelEnv

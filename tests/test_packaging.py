@@ -29,3 +29,14 @@ def test_import_rlvision_does_not_import_envs_algorithm_extras_or_env_packages(t
         assert heavy not in loaded, heavy
     assert not any(m.startswith("rlvision.envs") or m.startswith("rlvision.agents") for m in
                    eval(run_outside_checkout("import sys, rlvision; print(list(sys.modules))", tmp_path).stdout))
+
+
+def test_an_empty_rlvision_folder_in_the_working_directory_is_named_in_the_error(tmp_path):
+    """An empty 'rlvision' folder in the working directory comes first on sys.path and Python makes it a namespace
+    package ahead of the editable install: rlvision.agents and rlvision.envs then say what shadows the package
+    instead of failing on a missing name."""
+    (tmp_path / "rlvision").mkdir()
+    for sub in ("agents", "envs"):
+        result = run_outside_checkout(f"import rlvision.{sub}", tmp_path)
+        assert result.returncode != 0, result.stdout
+        assert "a folder without __init__.py" in result.stderr and str(tmp_path / "rlvision") in result.stderr

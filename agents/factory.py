@@ -115,6 +115,24 @@ def check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], mem
             f"{avail / 2**30:.1f} GiB available. Use " + ", or ".join(tips) + ".")
 
 
+def check_hyperparams(algo: str, hyperparams: dict[str, Any]) -> None:
+    """A ValueError naming each unknown hyperparameter of ``algo`` with the closest match (and, for
+    ``policy_kwargs``, each unknown policy keyword), before anything is built."""
+    cls = algo_class(algo)
+    accepted = init_keywords(cls)
+    if accepted is not None:
+        accepted = [k for k in accepted if k not in ("self", "policy", "env", "_init_setup_model")]
+    check_keywords(hyperparams, accepted, f"make_agent({algo!r}) hyperparameters")
+    user_policy_kwargs = hyperparams.get("policy_kwargs") or {}
+    policy_cls = getattr(cls, "policy_aliases", {}).get(algorithm(algo).policy)
+    policy_accepted = init_keywords(policy_cls) if policy_cls is not None else None
+    if policy_accepted is not None:
+        policy_accepted = [k for k in policy_accepted if k not in ("self", "observation_space", "action_space",
+                                                                   "lr_schedule")]
+        check_keywords(user_policy_kwargs, policy_accepted,
+                       f"make_agent({algo!r}) policy_kwargs ({policy_cls.__name__})")
+
+
 def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", features_dim: int = 256,
                backbone_kwargs: dict[str, Any] | None = None, tensorboard_log: str | None = None,
                seed: int | None = None, verbose: int = 0, device: str = "auto", memory_fraction: float = 0.8,
@@ -136,10 +154,7 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", fe
     cls = algo_class(algo)
     check_int("features_dim", features_dim)
     check_range("memory_fraction", memory_fraction, 0.0, 1.0, low_open=True)
-    accepted = init_keywords(cls)
-    if accepted is not None:
-        accepted = [k for k in accepted if k not in ("self", "policy", "env", "_init_setup_model")]
-    check_keywords(hyperparams, accepted, f"make_agent({algo!r}) hyperparameters")
+    check_hyperparams(algo, hyperparams)
     if algo in CONTINUOUS and not isinstance(env.action_space, spaces.Box):
         raise ValueError(f"{cls.__name__} needs a continuous (Box) action space, got {env.action_space}; use PPO, "
                          f"A2C or DQN, or a continuous env (e.g. SyntheticPixelContinuous-v0, CarRacing-v3).")

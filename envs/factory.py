@@ -49,6 +49,45 @@ def env_family(env_id: str) -> str:
     return "gym"
 
 
+# the package that registers each family's ids with gymnasium, and the extra that installs it
+_FAMILY_PACKAGES = {"atari": ("ale_py", "atari"), "minigrid": ("minigrid", "minigrid"), "carracing": ("Box2D", "box2d")}
+
+
+def check_env_id(env_id: str) -> None:
+    """A ValueError naming the problem and the fix unless ``env_id`` is an id ``make_env`` can build: checked
+    without building the env (the family's package is imported, which registers its ids), so entry points can refuse
+    a typo before creating anything."""
+    import difflib
+    import importlib
+
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id must be a registered gymnasium id (e.g. 'ALE/Pong-v5'), got {env_id!r}.")
+    family = env_family(env_id)
+    if family == "synthetic":
+        from . import synthetic  # noqa: F401  (registers SyntheticPixel-v0 / SyntheticPixelContinuous-v0)
+    elif family in _FAMILY_PACKAGES:
+        package, extra = _FAMILY_PACKAGES[family]
+        try:
+            module = importlib.import_module(package)
+        except ImportError as error:
+            raise ValueError(f"{env_id!r} needs {package}: pip install 'rlvision[{extra}]'.") from error
+        if family == "atari":
+            gym.register_envs(module)
+    module, _, name = env_id.rpartition(":")  # gymnasium's "package:EnvId" form imports the package first
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"Env id {env_id!r}: cannot import {module!r} ({error}).") from error
+    known = set(gym.registry)
+    if name not in known:
+        close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.75)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown env id {env_id!r}.{hint} make_env takes any registered gymnasium id with image "
+                         f"observations: ALE/*-v5 (rlvision[atari]), MiniGrid-* (rlvision[minigrid]), CarRacing-v3, "
+                         f"SyntheticPixel-v0, SyntheticPixelContinuous-v0.")
+
+
 def _minigrid_wrapper(tile_size: int) -> Callable[[gym.Env], gym.Env]:
     from minigrid.wrappers import ImgObsWrapper, RGBImgPartialObsWrapper
 
@@ -84,8 +123,7 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack: in
     :param low_res: shrink observations by this factor (2 or 4) with ``low_res_interpolation``
         ("area", "bilinear", "bicubic", "nearest"), e.g. to pair with a super-resolution stage in the extractor.
     """
-    if not isinstance(env_id, str) or not env_id:
-        raise ValueError(f"env_id must be a registered gymnasium id (e.g. 'ALE/Pong-v5'), got {env_id!r}.")
+    check_env_id(env_id)
     check_int("n_envs", n_envs)
     check_int("frame_stack", frame_stack, minimum=0, allow_none=True)
     check_int("low_res", low_res, allow_none=True)

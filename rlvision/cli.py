@@ -14,6 +14,7 @@ are needed only by that command.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # command -> (module with main(argv), one line of help)
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None):
     saved, sys.argv = sys.argv, [f"rlvision {command}", *rest]  # argparse's prog: "rlvision compare"
     try:
         return module.main(rest)
+    except (ValueError, FileNotFoundError) as error:  # a user's error: one message, exit code 2, no traceback
+        if os.environ.get("RLVISION_TRACEBACK"):
+            raise
+        print(f"rlvision {command}: error: {error}\n(RLVISION_TRACEBACK=1 shows where it was raised)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         sys.argv = saved
 

@@ -482,7 +482,7 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
         normalized_image = not normalize_images
     own = [k for k in EXTRACTOR_KEYWORDS if k not in ("features_dim", "normalized_image", "pool")]
     check_keywords({k: v for k, v in backbone_kwargs.items() if k not in own}, accepted_keywords(info.builder),
-                   f"rlvision.policy_kwargs with backbone {backbone!r}", extra=tuple(own))
+                   f"rlvision.policy_kwargs with backbone {backbone!r}", extra=tuple(own) + POLICY_KWARGS_PARAMETERS)
     extractor = VisionCombinedExtractor if isinstance(observation_space, spaces.Dict) else VisionExtractor
     # pinned: the init and the registered settings of the backbone (a preset's norm, widths, ...) go into the saved
     # model's kwargs, so a zip keeps rebuilding what it was trained with when a preset's defaults change later
@@ -513,3 +513,8 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
     if net_arch is not None:
         kwargs["net_arch"] = net_arch
     return kwargs
+
+
+# policy_kwargs' own parameters (named next to the backbone's keywords when a keyword is unknown)
+POLICY_KWARGS_PARAMETERS = tuple(name for name, p in inspect.signature(policy_kwargs).parameters.items()
+                                 if p.kind is p.POSITIONAL_OR_KEYWORD)

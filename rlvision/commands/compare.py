@@ -25,6 +25,7 @@ import yaml
 
 import rlvision
 from rlvision.algorithms import ALGORITHMS
+from rlvision.envs import check_env_id
 from rlvision.profiler import PHASES
 from rlvision.runs import RunSpec, check_entry, env_only_sps, parse_backbones, run, run_isolated
 from rlvision.stats import write_tables
@@ -124,9 +125,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             check_entry(name, options, args.algo)
         except ValueError as error:
             parser.error(f"--backbones / --algo: {error}")
-    for stage in stages:
-        if stage != "none":
-            rlvision.preprocess_info(stage.partition(":")[0])
+    try:
+        check_env_id(args.env)
+        for stage in stages:
+            if stage != "none":
+                rlvision.preprocess_info(stage.partition(":")[0])
+    except ValueError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     stamp = time.strftime('%m%d-%H%M%S')

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -153,6 +154,19 @@ def trial(tune_config: dict) -> None:
     os.replace(path + ".tmp", path)  # a finished trial is one whose file exists
 
 
+def default_eval_every(algo: str, per_env: dict) -> int:
+    """A tenth of the steps, but at least one rollout of an on-policy algorithm (an evaluation between two updates
+    would re-evaluate an unchanged policy)."""
+    from rlvision.agents import DEFAULTS
+    from rlvision.algorithms import algorithm
+
+    every = max(per_env["steps"] // 10, 1)
+    if algorithm(algo).on_policy:
+        n_steps = per_env["hyperparams"].get("n_steps", DEFAULTS[algo].get("n_steps", 1))
+        every = max(every, n_steps * per_env["n_envs"])
+    return every
+
+
 def trial_file(config: dict) -> str:
     label = config["backbone"][0] + "".join(f",{k}={v}" for k, v in config["backbone"][1].items())
     return f"{config['env'].replace('/', '-')}__{config['algo']}__{label}__seed{config['seed']}.json"
@@ -195,8 +209,9 @@ def resolve(args: argparse.Namespace) -> tuple[list[dict], dict]:
             raise ValueError(f"env {env!r}: unknown keys {sorted(unknown)}; allowed: {list(ENV_KEYS)}")
         per_env = {**settings, **(env_spec or {})}
         per_env["hyperparams"] = {**settings["hyperparams"], **(env_spec or {}).get("hyperparams", {})}
-        per_env["eval_every"] = per_env["eval_every"] or max(per_env["steps"] // 10, 1)
         for algo in algos:
+            per_env["eval_every"] = (env_spec or {}).get("eval_every") or settings["eval_every"] or default_eval_every(
+                algo, per_env)
             for backbone in backbones:
                 for seed in seeds:
                     trials.append(dict(env=env, algo=algo, backbone=list(backbone), seed=seed,
@@ -208,9 +223,12 @@ def resolve(args: argparse.Namespace) -> tuple[list[dict], dict]:
 
 def check(trials: list[dict], parser: argparse.ArgumentParser) -> None:
     """Unknown backbones, options and algos fail now, not inside a Ray worker."""
+    from rlvision.envs import check_env_id
+
     for t in trials:
         name, options = t["backbone"]
         try:
+            check_env_id(t["env"])
             check_entry(name, options, t["algo"], allow_algo_option=False)
             if t["steps"] < 1 or t["n_envs"] < 1 or t["eval_episodes"] < 1 or t["cpus"] < 1 or t["gpu"] < 0:
                 raise ValueError("steps, n_envs, eval_episodes and cpus must be >= 1 and gpu >= 0")
@@ -225,7 +243,6 @@ def run_sweep(trials: list[dict], settings: dict, out: str, address: str | None 
     trials continue); trials finished since (their result file exists) return at once. Whatever is still missing
     then runs as a new experiment."""
     import ray
-    from ray import tune
 
     done = set(os.listdir(os.path.join(out, "trials")))
     todo = [t for t in trials if trial_file(t) not in done]
@@ -237,6 +254,15 @@ def run_sweep(trials: list[dict], settings: dict, out: str, address: str | None 
         runtime_env = {"working_dir": CHECKOUT, "excludes": [".venv/", "runs/", ".git/", ".whl/", "*.pt"]}
     ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
              configure_logging=False, ignore_reinit_error=True)
+    try:
+        return _run_on_ray(trials, todo, settings, out)
+    finally:  # on every way out (Ctrl-C, an error): no Ray processes left behind
+        ray.shutdown()
+
+
+def _run_on_ray(trials: list[dict], todo: list[dict], settings: dict, out: str) -> list[str]:
+    from ray import tune
+
     trainable = tune.with_resources(trial, {"cpu": settings["cpus"], "gpu": settings["gpu"]})
     storage = os.path.join(out, "tune")
     runs = sorted(os.listdir(storage)) if os.path.isdir(storage) else []
@@ -318,9 +344,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("\n" + markdown_table(table) + "\n")
     for error in errors:
         print(f"FAILED after retries: {error}")
-    print(f"{len(rows)}/{len(trials)} trials finished. Results in {out} (summary.md, summary.csv, curves.png, "
-          f"diagnostics.png); "
+    written = "summary.md, summary.csv, curves.png, diagnostics.png" if table else "no trial finished: no summary"
+    print(f"{len(rows)}/{len(trials)} trials finished. Results in {out} ({written}); "
           f"curves per run: tensorboard --logdir {os.path.join(out, 'tb')}")
+    if len(rows) < len(trials):  # a sweep with failed trials does not end as a success
+        missing = [trial_file(t) for t in trials
+                   if not os.path.exists(os.path.join(out, "trials", trial_file(t)))]
+        print("Trials without a result (rerun the same command to retry them): " + ", ".join(missing),
+              file=sys.stderr)
+        raise SystemExit(1)
     return table
 
 

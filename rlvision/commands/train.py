@@ -29,8 +29,9 @@ from rlvision.agents import evaluate_agent, make_agent
 from rlvision.diagnostics import EncoderDiagnostics
 from rlvision.agents.checkpoints import (CheckpointEvery, config_hash, latest_checkpoint, load_checkpoint,
                                 save_checkpoint)
-from rlvision.agents.factory import check_replay_buffer, DEFAULTS
-from rlvision.envs import make_env
+from rlvision.agents.factory import DEFAULTS, check_hyperparams, check_replay_buffer
+from rlvision.envs import check_env_id, make_env
+from rlvision.runs import check_entry
 
 DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
                       backbone="mobilenetv4_nano_rl", backbone_kwargs={}, features_dim=256, hyperparams={},
@@ -38,6 +39,14 @@ DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_st
                       run_name=None, threads=None, device="auto", normalize_reward=False)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
 RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name")
+
+
+def _with_matches(keys) -> list[str]:
+    """Each unknown key with its closest known one: ["'stepz' (did you mean 'steps'?)", ...]."""
+    import difflib
+
+    return [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, DEFAULT_CONFIG, 1))
+                        else "") for k in sorted(keys)]
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict:
@@ -48,12 +57,13 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
             loaded = yaml.safe_load(f) or {}
         unknown = set(loaded) - set(DEFAULT_CONFIG)
         if unknown:
-            raise SystemExit(f"Unknown config keys {sorted(unknown)} in {path}; known: {sorted(DEFAULT_CONFIG)}")
+            raise SystemExit(f"Unknown config keys {_with_matches(unknown)} in {path}; known: {sorted(DEFAULT_CONFIG)}")
         config.update(loaded)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key not in DEFAULT_CONFIG:
-            raise SystemExit(f"--set wants key=value with key in {sorted(DEFAULT_CONFIG)}, got {item!r}")
+            raise SystemExit(f"--set wants key=value with key in {sorted(DEFAULT_CONFIG)}, got {item!r}"
+                             + (f" ({_with_matches([key])[0]})" if sep else ""))
         config[key] = yaml.safe_load(value)
     for key, minimum in (("steps", 1), ("n_envs", 1), ("checkpoint_every", 1), ("eval_episodes", 0),
                          ("features_dim", 1)):
@@ -77,6 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config, args.set)
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
+
+    try:  # everything a typo can break, before any folder or file is made
+        check_env_id(cfg["env"])
+        check_entry(cfg["backbone"], dict(cfg["backbone_kwargs"]), cfg["algo"], allow_algo_option=False)
+        check_hyperparams(cfg["algo"], cfg["hyperparams"])
+    except ValueError as error:
+        parser.error(str(error))
 
     run_name = cfg["run_name"] or f"{cfg['algo']}_{cfg['backbone']}_{cfg['env'].replace('/', '-')}_s{cfg['seed']}"
     run_dir = os.path.join(cfg["log_dir"], run_name)

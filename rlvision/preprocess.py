@@ -119,10 +119,37 @@ def create_preprocess(name: str, scale: int | None = None, channels: int = 3, **
 
 
 def save_preprocess(stage: PreprocessStage, path: str) -> None:
-    """Save name, config and weights so :func:`load_preprocess` can check what it loads."""
+    """Save name, config and weights so :func:`load_preprocess` can check what it loads (written under a temporary
+    name, then renamed: a crash never leaves a half-written file at ``path``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
     torch.save({"name": getattr(stage, "preprocess_name", type(stage).__name__),
-                "config": getattr(stage, "preprocess_config", {}), "state_dict": stage.state_dict()}, path)
+                "config": getattr(stage, "preprocess_config", {}), "state_dict": stage.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def read_preprocess_file(path: str) -> dict:
+    """The contents of a preprocessing-weights file, or an error that names the file, the problem and the fix:
+    missing, empty, truncated or not a torch file, a pickled object instead of weights. Entry points call it before
+    anything trains (``rlvision compare --preprocess stage:FILE`` checks every file first)."""
+    fix = "train the stage again with `rlvision train-sr` (it writes weights.pt), or pass the file it wrote"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No preprocessing weights at {path!r}; {fix}.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"Preprocessing weights {path!r} are empty (0 bytes): an interrupted copy or save? {fix}.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (truncated or foreign files fail in many ways)
+        kind = ("holds pickled Python objects, which are never unpickled here"
+                if "weights only load failed" in str(error).lower() else
+                "is not a readable torch file (truncated, or another format)")
+        raise ValueError(f"Preprocessing weights {path!r} {kind}: {type(error).__name__}: {str(error)[:200]}. "
+                         f"{fix[0].upper()}{fix[1:]}.") from None
+    state = data.get("state_dict", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"Preprocessing weights {path!r} hold {type(data).__name__}, not a state dict or a file "
+                         f"saved by rlvision.save_preprocess; {fix}.")
+    return data if isinstance(data, dict) and "state_dict" in data else {"state_dict": state}
 
 
 def load_preprocess(stage: PreprocessStage, path: str) -> PreprocessStage:
@@ -132,12 +159,8 @@ def load_preprocess(stage: PreprocessStage, path: str) -> PreprocessStage:
     ValueError naming what the file holds and what was asked for. Fused inference kernels are rebuilt from the
     loaded weights on the next ``reparameterize()``, never reused stale.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No preprocessing weights at {path!r}; train them with `rlvision train-sr`.")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    state = data.get("state_dict", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a state dict or a file saved by rlvision.save_preprocess.")
+    data = read_preprocess_file(path)
+    state = data["state_dict"]
     asked = (getattr(stage, "preprocess_name", None), getattr(stage, "preprocess_config", None))
     if "name" in data and asked[0] is not None and (data["name"], data.get("config")) != asked:
         raise ValueError(f"{path} holds weights for {data['name']} {data.get('config')}, but the stage is "

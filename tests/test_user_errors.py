@@ -97,3 +97,34 @@ def test_the_command_reports_a_user_error_in_one_line_with_exit_code_2(tmp_path)
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "Did you mean nature_cnn" in result.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "are empty"),
+    (b"just some text\n", "not a readable torch file"),
+])
+def test_damaged_preprocessing_weights_name_file_problem_and_fix(tmp_path, content, message):
+    from rlvision.preprocess import create_preprocess, load_preprocess, save_preprocess
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message + r".*rlvision train-sr") as error:
+        load_preprocess(create_preprocess("flexnet_rl", channels=1), str(path))
+    assert str(path) in str(error.value)
+    good = tmp_path / "good.pt"
+    save_preprocess(create_preprocess("flexnet_rl", channels=1), str(good))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="not a readable torch file"):
+        load_preprocess(create_preprocess("flexnet_rl", channels=1), str(truncated))
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []  # saved under a temporary name, renamed
+
+
+def test_compare_checks_preprocessing_files_before_training(tmp_path, capsys):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--env", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--preprocess",
+                      f"none,flexnet_rl:{empty}", "--logdir", str(tmp_path / "log"), "--no-progress"])
+    assert exit_.value.code == 2 and "are empty" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "log")

@@ -26,6 +26,7 @@ import yaml
 import rlvision
 from rlvision.algorithms import ALGORITHMS
 from rlvision.envs import check_env_id
+from rlvision.preprocess import read_preprocess_file
 from rlvision.profiler import PHASES
 from rlvision.runs import RunSpec, check_entry, env_only_sps, parse_backbones, run, run_isolated
 from rlvision.stats import write_tables
@@ -127,10 +128,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"--backbones / --algo: {error}")
     try:
         check_env_id(args.env)
-        for stage in stages:
+        for stage in stages:  # damaged weight files fail now, not after the entries before them have trained
             if stage != "none":
-                rlvision.preprocess_info(stage.partition(":")[0])
-    except ValueError as error:
+                name, _, weights = stage.partition(":")
+                rlvision.preprocess_info(name)
+                if weights:
+                    read_preprocess_file(weights)
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,12 +160,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(json.dumps(rows[-1]), flush=True)
     except KeyboardInterrupt:
         print("Interrupted: writing the table of the runs that finished.")
+        failure = None
+    except Exception as error:  # one entry failed: keep what the others measured, then report it
+        failure = error
+        print(f"{spec.label} failed ({type(error).__name__}: {error}); writing the table of the runs that finished.")
+    else:
+        failure = None
     if rows:
         print("\n" + save_outputs(rows, args, ceiling) + "\n")
     if curves:
         with open(os.path.join(args.logdir, "curves.json"), "w") as f:
             json.dump(curves, f)
     print(f"Runs in {args.logdir} (summary.md, summary.csv, phases.png). Compare: tensorboard --logdir {args.logdir}")
+    if failure is not None:
+        raise failure
     return rows
 
 

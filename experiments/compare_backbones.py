@@ -145,6 +145,7 @@ def run_one(args: argparse.Namespace, backbone: str, stage: str | None = None, o
             values = [h[key] for h in diagnostics.history if key in h]
             if values:
                 row[f"max_{key}"] = float(f"{max(values):.3g}")
+        row["diagnostics_share"] = round(diagnostics.spent / seconds, 4)  # of training time (budget: 2%)
         row["diagnostics"] = diagnostics.history
     if evaluation is not None:
         last = evaluation.curve[-1]

@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 \
+	$(BIN)/rlvision compare --env ALE/Pong-v5 \
 		--backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl --steps $(DEMO_STEPS) --logdir runs/demo
 
 # The figures in BENCHMARKS.md (about 80 minutes on 2 cores); run on an otherwise idle machine.
@@ -33,36 +33,36 @@ SPEED_BACKBONES := nature_cnn[$(PLAIN)],nature_cnn,mobilenetv4_nano_rl,mobilenet
 IMAGENET_HYBRIDS := nature_cnn,mobilenetv4_nano,rest_lite,rest_small,rest_base,rest_large,cyclemlp_b1,cyclemlp_b2,cyclemlp_b3,cyclemlp_b4,cyclemlp_b5,conformer_tiny,conformer_small,conformer_base
 SR_SYN := runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt
 bench: $(STAMP) bench-speed
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones $(BENCH_BACKBONES) \
+	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones $(BENCH_BACKBONES) \
 		--steps 3072 --logdir runs/bench-pong --no-progress
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones nature_cnn \
+	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones nature_cnn \
 		--steps 8192 --measure-overhead --logdir runs/bench-overhead --no-progress
-	$(BIN)/python experiments/bench_backbones.py --input 4x84x84 --batches 8,256 --repeats 3 --warmup 1 \
+	$(BIN)/rlvision bench --input 4x84x84 --batches 8,256 --repeats 3 --warmup 1 \
 		--backbones $(BENCH_BACKBONES),mnv4_conv_medium,mnv4_hybrid_medium --out runs/bench-backbones
-	$(BIN)/python experiments/bench_backbones.py --input 4x84x84 --batches 8,32 --repeats 3 --warmup 1 \
+	$(BIN)/rlvision bench --input 4x84x84 --batches 8,32 --repeats 3 --warmup 1 \
 		--backbones $(IMAGENET_HYBRIDS) --out runs/bench-backbones-imagenet
-	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
+	$(BIN)/rlvision compare --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
 		--backbones $(BENCH_BACKBONES) --steps 12288 --eval-episodes 100 --logdir runs/bench-synthetic \
 		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}' \
 		--no-progress
 	for stage in flexnet_rl transformer_sr_rl; do \
-		$(BIN)/python experiments/train_sr.py --env ALE/Pong-v5 --stage $$stage --steps 2000 --no-progress; \
-		$(BIN)/python experiments/train_sr.py --env SyntheticPixel-v0 --env-kwargs '{size: 84}' --stage $$stage \
+		$(BIN)/rlvision train-sr --env ALE/Pong-v5 --stage $$stage --steps 2000 --no-progress; \
+		$(BIN)/rlvision train-sr --env SyntheticPixel-v0 --env-kwargs '{size: 84}' --stage $$stage \
 			--steps 2000 --no-progress; done
-	$(BIN)/python experiments/bench_preprocess.py --out runs/bench-preprocess
-	$(BIN)/python experiments/compare_backbones.py --env SyntheticPixel-v0 --env-kwargs '{size: 84, grid: 3}' \
+	$(BIN)/rlvision bench-preprocess --out runs/bench-preprocess
+	$(BIN)/rlvision compare --env SyntheticPixel-v0 --env-kwargs '{size: 84, grid: 3}' \
 		--low-res 2 --backbones nature_cnn --preprocess none,bicubic,flexnet_rl:$(SR_SYN) --steps 8192 \
 		--eval-episodes 100 --logdir runs/bench-lowres --no-progress \
 		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}'
 
 # Issue 6 only (about 35 minutes): the speed path, side by side with the plain formulations, and the norm choice.
 bench-speed: $(STAMP)
-	$(BIN)/python experiments/bench_speed.py --out runs/bench-speed
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones '$(SPEED_BACKBONES)' \
+	$(BIN)/rlvision bench-speed --out runs/bench-speed
+	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones '$(SPEED_BACKBONES)' \
 		--steps 3072 --logdir runs/bench-pong-speed --no-progress
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --backbones mobilenetv4_nano_rl --threads 1 \
+	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones mobilenetv4_nano_rl --threads 1 \
 		--steps 3072 --logdir runs/bench-pong-1thread --no-progress
-	$(BIN)/python experiments/compare_backbones.py --env ALE/Pong-v5 --steps 3072 --logdir runs/bench-graphedppo-cpu \
+	$(BIN)/rlvision compare --env ALE/Pong-v5 --steps 3072 --logdir runs/bench-graphedppo-cpu \
 		--backbones 'nature_cnn,nature_cnn[algo=graphedppo],mobilenetv4_nano_rl,mobilenetv4_nano_rl[algo=graphedppo]' \
 		--no-progress
 	# the norm-choice table: make bench-learning (issue 12, 3 seeds with CIs)
@@ -72,20 +72,24 @@ bench-speed: $(STAMP)
 GRAPHED_PPO := nature_cnn,nature_cnn[algo=graphedppo],mobilenetv4_nano_rl,mobilenetv4_nano_rl[algo=graphedppo],mnv4_conv_small,mnv4_conv_small[algo=graphedppo]
 SMALL_BACKBONES := nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
 bench-gpu: $(STAMP)
-	$(BIN)/python experiments/bench_speed.py --device cuda --backbones $(SMALL_BACKBONES) --train-backbones '' \
+	$(BIN)/rlvision bench-speed --device cuda --backbones $(SMALL_BACKBONES) --train-backbones '' \
 		--rounds 100 --out runs/bench-gpu-rollout
-	$(BIN)/python experiments/bench_speed.py --device cuda --backbones '' \
+	$(BIN)/rlvision bench-speed --device cuda --backbones '' \
 		--train-backbones mobilenetv4_nano_rl,nature_cnn --no-compile --train-rounds 20 --out runs/bench-gpu-train
-	$(BIN)/python experiments/compare_backbones.py --device cuda --env ALE/Pong-v5 --steps 16384 \
+	$(BIN)/rlvision compare --device cuda --env ALE/Pong-v5 --steps 16384 \
 		--backbones '$(GRAPHED_PPO)' --logdir runs/bench-gpu-ppo --no-progress
 
-# Issue 12: which encoder learns best per unit of compute (Ray Tune sweeps; about 2 hours on 2 cores).
-# Rerun to resume an interrupted sweep. On a GPU machine add SWEEP_ARGS='--gpu 0.25 --cpus 2'.
+# Issue 21, learning benchmark v2 (Ray Tune sweeps; about 3 hours on 2 cores): the default encoder before and after
+# issue 21 next to nature_cnn and the other encoders on DoorKey-5x5 (80k steps), LavaGapS5 and the synthetic task,
+# the norm choice, IMPALA on DoorKey, and the DrQ-v2 check. Rerun to resume an interrupted sweep.
+# On a GPU machine add SWEEP_ARGS='--gpu 0.25 --cpus 2'.
 SWEEP_ARGS ?=
+LEARNING_V2 := norms_v2 learning_v2_doorkey learning_v2_doorkey_running learning_v2_lavagap learning_v2_synthetic \
+	learning_v2_impala drqv2
 bench-learning: $(STAMP)
-	$(BIN)/python experiments/sweep.py --config experiments/configs/sweep_learning.yaml --out runs/sweep-learning $(SWEEP_ARGS)
-	$(BIN)/python experiments/sweep.py --config experiments/configs/sweep_norms.yaml --out runs/sweep-norms $(SWEEP_ARGS)
-	$(BIN)/python experiments/sweep.py --config experiments/configs/sweep_drqv2.yaml --out runs/sweep-drqv2 $(SWEEP_ARGS)
+	for config in $(LEARNING_V2); do \
+		$(BIN)/rlvision sweep --config experiments/configs/sweep_$$config.yaml --out runs/sweep-$$config $(SWEEP_ARGS) \
+			|| exit 1; done
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache

@@ -80,6 +80,14 @@ class SyntheticPixelEnv(gym.Env):
         truncated = not success and self._steps >= self.max_steps
         return self._render_obs(), float(reward), success, truncated, {"is_success": success}
 
+    def action_masks(self) -> np.ndarray:
+        """(4,) bool: the moves that stay on the board (discrete variant), for sb3-contrib's MaskablePPO, which
+        calls it through the VecEnv (``env_method("action_masks")``); a move into the edge is masked."""
+        if self.continuous:
+            raise AttributeError("the continuous variant has no discrete actions to mask")
+        target = self._agent + _MOVES
+        return np.all((target >= 0) & (target <= self.grid - 1), axis=1)
+
     def render(self):
         obs = self._render_obs()
         return obs if self.channels == 3 else np.repeat(obs, 3, axis=2)

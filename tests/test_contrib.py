@@ -130,3 +130,23 @@ def test_tqc_with_plain_sb3_contrib_and_rlvision_policy_kwargs():
     assert isinstance(model.actor.features_extractor, rlvision.VisionExtractor)
     assert model.critic.features_extractor is not model.actor.features_extractor  # separate encoders
     model.learn(64)
+
+
+def test_maskable_ppo_on_the_synthetic_env_gets_its_masks_from_the_env():
+    """SyntheticPixel-v0 provides action_masks() (moves off the board are masked): MaskablePPO runs on make_env's
+    VecEnv as it is, and never takes a masked action."""
+    from sb3_contrib.common.maskable.utils import get_action_masks
+
+    env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=dict(size=36, grid=3))
+    model = make_agent("maskableppo", env, backbone="nature_cnn", seed=0, n_steps=16, batch_size=32, n_epochs=1)
+    model.learn(32)
+    obs = env.reset()
+    masked = 0
+    for _ in range(20):
+        masks = get_action_masks(env)
+        assert masks.shape == (2, 4) and masks.any(axis=1).all()
+        masked += int((~masks).sum())
+        actions, _ = model.predict(obs, action_masks=masks)
+        assert masks[np.arange(2), actions].all()
+        obs, *_ = env.step(actions)
+    assert masked > 0  # on a 3x3 board most cells have an edge

@@ -13,9 +13,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 
 def evaluate_agent(model: BaseAlgorithm, env: VecEnv, n_episodes: int = 20,
-                   deterministic: bool = False) -> dict[str, Any]:
-    """Run ``n_episodes`` episodes; returns mean/std return, mean length and success rate (from
-    ``info["is_success"]`` where the env reports it, else None)."""
+                   deterministic: bool = True) -> dict[str, Any]:
+    """Run ``n_episodes`` episodes; returns mean/std return, mean length, success rate (from ``info["is_success"]``
+    where the env reports it, else None) and ``deterministic``. Deterministic actions by default, as SB3's
+    ``evaluate_policy``: the same model and env seed give the same result."""
     successes: list[bool] = []
 
     def record(local: dict[str, Any], _: dict[str, Any]) -> None:
@@ -26,7 +27,7 @@ def evaluate_agent(model: BaseAlgorithm, env: VecEnv, n_episodes: int = 20,
                                        return_episode_rewards=True, callback=record, warn=False)
     return dict(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
                 mean_length=float(np.mean(lengths)), episodes=len(returns),
-                success_rate=float(np.mean(successes)) if successes else None)
+                success_rate=float(np.mean(successes)) if successes else None, deterministic=deterministic)
 
 
 class PeriodicEvaluation(BaseCallback):

@@ -217,7 +217,8 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
         eval_env = make_env_for(spec, 1, spec.seed + 10_000)
         if encode_once:
             eval_env = VecEncode(eval_env, spec.backbone, device=spec.device, **options)
-        result = evaluate_agent(model, eval_env, spec.eval_episodes)
+        # sampled actions, as every comparison table in BENCHMARKS.md was measured (and PeriodicEvaluation's curves)
+        result = evaluate_agent(model, eval_env, spec.eval_episodes, deterministic=False)
         row.update(eval_return=round(result["mean_return"], 3), success_rate=result["success_rate"])
         eval_env.close()
     if spec.measure_overhead and not encode_once:

@@ -78,9 +78,9 @@ def test_ppo_improves_over_random_policy():
     eval_env = make_env("SyntheticPixel-v0", n_envs=1, seed=123, env_kwargs=SMALL)
     model = make_agent("ppo", env, backbone="mobilenetv4_nano", seed=0, n_steps=32, batch_size=64, n_epochs=4,
                        learning_rate=1e-3, clip_range=0.2)
-    before = evaluate_agent(model, eval_env, 60)
+    before = evaluate_agent(model, eval_env, 60, deterministic=False)
     model.learn(3000)
-    after = evaluate_agent(model, eval_env, 60)
+    after = evaluate_agent(model, eval_env, 60, deterministic=False)
     assert after["mean_return"] > before["mean_return"] + 0.25, (before, after)
     assert after["success_rate"] > before["success_rate"]
 
@@ -105,3 +105,12 @@ def test_periodic_evaluation_gives_a_learning_curve(tmp_path):
     assert "eval/mean_return" in (tmp_path / "progress.csv").read_text().splitlines()[0]
     with pytest.raises(ValueError, match="every"):
         PeriodicEvaluation(env, every=0)
+
+
+def test_evaluation_is_deterministic_by_default_and_says_so():
+    env = make_env("SyntheticPixel-v0", n_envs=1, seed=0, env_kwargs=SMALL)
+    model = make_agent("ppo", env, backbone="mobilenetv4_nano_rl", seed=0, n_steps=32, batch_size=32)
+    runs = [evaluate_agent(model, make_env("SyntheticPixel-v0", n_envs=1, seed=5, env_kwargs=SMALL), 10)
+            for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0]["deterministic"] is True
+    assert evaluate_agent(model, env, 2, deterministic=False)["deterministic"] is False

@@ -118,3 +118,24 @@ def test_vecnormalize_statistics_come_back(tmp_path):
         saved.ret_rms.var)
     result = train.main(settings(tmp_path, steps=192, normalize_reward=True) + ["--resume"])
     assert result["resumed_from"] == 128
+
+
+def test_resume_twice_keeps_every_segment_and_a_finished_run_is_left_alone(tmp_path, capsys):
+    """Two resumes from the same checkpoint keep both earlier CSV segments (nothing overwritten); --resume on a
+    finished run says so and changes no file."""
+    run_dir = tmp_path / "runs" / "r"
+    train.main(settings(tmp_path, steps=128))
+    (run_dir / "results.json").unlink()  # as if the run had been killed after its last checkpoint (step 128)
+    train.main(settings(tmp_path, steps=192) + ["--resume"])
+    (run_dir / "results.json").unlink()  # killed again, before the step-192 checkpoint was complete
+    import shutil
+
+    shutil.rmtree(next((run_dir / "checkpoints").glob("step_*192")))
+    train.main(settings(tmp_path, steps=192) + ["--resume"])  # from step 128 again
+    segments = sorted(p.name for p in run_dir.glob("progress-until-*.csv"))
+    assert segments == ["progress-until-128-2.csv", "progress-until-128.csv"]
+    assert all((run_dir / name).stat().st_size > 0 for name in segments)
+    files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    result = train.main(settings(tmp_path, steps=192) + ["--resume"])
+    assert "already finished at 192 steps" in capsys.readouterr().out and result["steps"] == 192
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == files

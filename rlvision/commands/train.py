@@ -41,6 +41,16 @@ DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_st
 RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name")
 
 
+def segment_name(run_dir: str, step: int) -> str:
+    """A free name for the CSV rows of a segment that ends at ``step``: progress-until-<step>.csv, or -2, -3, ...
+    when an earlier resume from the same checkpoint already kept one (nothing is ever overwritten)."""
+    path, k = os.path.join(run_dir, f"progress-until-{step}.csv"), 1
+    while os.path.exists(path):
+        k += 1
+        path = os.path.join(run_dir, f"progress-until-{step}-{k}.csv")
+    return path
+
+
 def _with_matches(keys) -> list[str]:
     """Each unknown key with its closest known one: ["'stepz' (did you mean 'steps'?)", ...]."""
     import difflib
@@ -99,6 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = os.path.join(cfg["log_dir"], run_name)
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     digest = config_hash(cfg, RESUMABLE_CHANGES)
+    results_path = os.path.join(run_dir, "results.json")
+    if args.resume and os.path.exists(results_path):  # a finished run: say so and change nothing
+        with open(results_path) as f:
+            finished = json.load(f)
+        if finished.get("steps", 0) >= cfg["steps"]:
+            print(f"{run_dir} already finished at {finished['steps']:,} steps ({results_path}); nothing to do. "
+                  f"To train it further, resume with a larger steps (--set steps=...).")
+            return finished
     checkpoint = latest_checkpoint(checkpoint_dir, digest) if args.resume else None
     if args.resume and checkpoint is None:
         raise SystemExit(f"--resume: no complete checkpoint of this config in {checkpoint_dir}; run without --resume "
@@ -131,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_checkpoint(checkpoint, cfg["algo"], env, device=cfg["device"])
         print(f"Resuming {run_dir} from {checkpoint} (step {model.num_timesteps:,}).")
         csv_path = os.path.join(run_dir, "progress.csv")
-        if os.path.exists(csv_path):  # SB3's CSV logger starts its file afresh: keep the earlier rows
-            os.replace(csv_path, os.path.join(run_dir, f"progress-until-{model.num_timesteps}.csv"))
+        if os.path.exists(csv_path) and os.path.getsize(csv_path) > 0:  # SB3's CSV logger starts its file afresh:
+            os.replace(csv_path, segment_name(run_dir, model.num_timesteps))  # keep every earlier segment's rows
     resumed_from = model.num_timesteps if checkpoint else None
     model.set_logger(configure_logger(run_dir, ["tensorboard", "csv"]))  # TensorBoard + progress.csv in run_dir
     print(f"{cfg['algo'].upper()} + {cfg['backbone']} on {cfg['env']} {env.observation_space.shape}: "

@@ -135,3 +135,30 @@ class CheckpointEvery(BaseCallback):
     def _on_training_end(self) -> None:
         if self.num_timesteps != self._saved_at:
             self._save()
+
+
+def truncate_tensorboard(run_dir: str, step: int) -> int:
+    """Drop the TensorBoard points past ``step`` from the event files in ``run_dir`` (a resume from the checkpoint at
+    ``step`` logs those steps again: without this TensorBoard shows them twice). Each file is rewritten under a
+    temporary name and renamed over the original; returns how many points were dropped."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    dropped = 0
+    for name in sorted(os.listdir(run_dir)):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        path = os.path.join(run_dir, name)
+        events = list(LegacyEventFileLoader(path).Load())  # the events as written (no format migration)
+        kept = [e for e in events if not (e.step > step and e.WhichOneof("what") == "summary")]
+        if len(kept) == len(events):
+            continue
+        dropped += len(events) - len(kept)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for event in kept:
+                writer.write(event.SerializeToString())
+            writer.flush()
+        os.replace(tmp, path)
+    return dropped

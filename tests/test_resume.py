@@ -139,3 +139,35 @@ def test_resume_twice_keeps_every_segment_and_a_finished_run_is_left_alone(tmp_p
     result = train.main(settings(tmp_path, steps=192) + ["--resume"])
     assert "already finished at 192 steps" in capsys.readouterr().out and result["steps"] == 192
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == files
+
+
+def test_tensorboard_points_past_the_checkpoint_are_dropped(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rlvision.agents.checkpoints import truncate_tensorboard
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        for step in range(1, 11):
+            writer.add_scalar("train/loss", float(step), step)
+    assert truncate_tensorboard(str(tmp_path), 5) == 5
+    assert logged_steps(tmp_path, "train/loss") == [1, 2, 3, 4, 5]
+    assert truncate_tensorboard(str(tmp_path), 5) == 0  # nothing left to drop
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_resume_logs_each_step_once(tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    train.main(settings(tmp_path, steps=192))
+    (run_dir / "results.json").unlink()  # as if killed after the step-192 update, before its checkpoint completed
+    import shutil
+
+    shutil.rmtree(next((run_dir / "checkpoints").glob("step_*192")))
+    train.main(settings(tmp_path, steps=256) + ["--resume"])  # from step 128: 192 is logged again
+    counts = {}
+    for name in os.listdir(run_dir):
+        if name.startswith("events.out.tfevents"):
+            acc = EventAccumulator(str(run_dir / name))
+            acc.Reload()
+            for event in acc.Scalars("time/fps") if "time/fps" in acc.Tags()["scalars"] else []:
+                counts[event.step] = counts.get(event.step, 0) + 1
+    assert sorted(counts) == [64, 128, 192, 256] and set(counts.values()) == {1}, counts

@@ -28,7 +28,7 @@ from stable_baselines3.common.logger import configure as configure_logger
 from rlvision.agents import evaluate_agent, make_agent
 from rlvision.diagnostics import EncoderDiagnostics
 from rlvision.agents.checkpoints import (CheckpointEvery, config_hash, latest_checkpoint, load_checkpoint,
-                                save_checkpoint)
+                                         save_checkpoint, truncate_tensorboard)
 from rlvision.agents.factory import DEFAULTS, check_hyperparams, check_replay_buffer
 from rlvision.envs import check_env_id, make_env
 from rlvision.runs import check_entry
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         csv_path = os.path.join(run_dir, "progress.csv")
         if os.path.exists(csv_path) and os.path.getsize(csv_path) > 0:  # SB3's CSV logger starts its file afresh:
             os.replace(csv_path, segment_name(run_dir, model.num_timesteps))  # keep every earlier segment's rows
+        truncate_tensorboard(run_dir, model.num_timesteps)  # the steps past the checkpoint are logged again
     resumed_from = model.num_timesteps if checkpoint else None
     model.set_logger(configure_logger(run_dir, ["tensorboard", "csv"]))  # TensorBoard + progress.csv in run_dir
     print(f"{cfg['algo'].upper()} + {cfg['backbone']} on {cfg['env']} {env.observation_space.shape}: "

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``<dir>/step_<N>/`` holding ``model.zip`` (weights, optimizer state, step count,
 schedules), ``replay_buffer.pkl`` for off-policy algorithms, ``vecnormalize.pkl`` when the env is normalised, and
-``meta.json`` (step, config hash, size and SHA-256 of every file). It is written under a temporary name and renamed
+``meta.json`` (step, config hash, size and SHA-256 of every file, the seconds trained so far and the ``train/*``
+values of the last update, which SB3 logs with the next rollout). It is written under a temporary name and renamed
 in one step, so a process killed while writing leaves no broken ``step_*`` folder. :func:`latest_checkpoint` takes
 the newest one whose files match their hashes and whose config hash matches the run's; it says why it skips others.
 """
@@ -11,12 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import shutil
+import time
 from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -37,9 +42,22 @@ def _digest(path: str) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, keep: int = 3) -> str:
-    """Write ``directory/step_<N>`` atomically (temporary folder, then rename); keep the newest ``keep``."""
+def _pending_logs(model: BaseAlgorithm) -> dict[str, float]:
+    """The ``train/*`` values recorded since the logger's last dump: SB3 writes an update's losses with the *next*
+    rollout's row, so a checkpoint taken between the two must carry them or a resumed run loses that row's losses."""
+    logger = getattr(model, "_logger", None)
+    if logger is None:
+        return {}
+    return {k: float(v) for k, v in logger.name_to_value.items()
+            if k.startswith("train/") and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+
+
+def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, keep: int = 3,
+                    elapsed_before: float = 0.0) -> str:
+    """Write ``directory/step_<N>`` atomically (temporary folder, then rename); keep the newest ``keep``.
+    ``elapsed_before``: seconds trained by earlier segments of the run (a resumed run's clock goes on from there)."""
     step = int(model.num_timesteps)
+    elapsed = elapsed_before + max(time.time_ns() - model.start_time, 0) / 1e9 if model.start_time else elapsed_before
     final = os.path.join(directory, f"step_{step:012d}")
     tmp = os.path.join(directory, f".tmp-step_{step:012d}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -53,7 +71,8 @@ def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, ke
     files = {name: dict(size=os.path.getsize(os.path.join(tmp, name)), sha256=_digest(os.path.join(tmp, name)))
              for name in sorted(os.listdir(tmp))}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(dict(step=step, config_hash=config_digest, algo=type(model).__name__, files=files), f, indent=1)
+        json.dump(dict(step=step, config_hash=config_digest, algo=type(model).__name__, files=files,
+                       time_elapsed=round(elapsed, 3), pending_logs=_pending_logs(model)), f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     if os.path.exists(final):
@@ -93,6 +112,39 @@ def latest_checkpoint(directory: str, config_digest: str, log=print) -> str | No
     return None
 
 
+def checkpoint_meta(path: str) -> dict[str, Any]:
+    """``meta.json`` of the checkpoint at ``path`` (checked by :func:`check_checkpoint` first)."""
+    with open(os.path.join(path, "meta.json")) as f:
+        return json.load(f)
+
+
+class ContinuedLogger(Logger):
+    """SB3's :class:`~stable_baselines3.common.logger.Logger` for a resumed run: the run's counters go on from the
+    checkpoint instead of restarting (``time/iterations`` from the rollouts already done, ``time/time_elapsed`` from
+    the seconds already trained), and the last update's ``train/*`` values the checkpoint carried are written with
+    the first rollout's row, as the uninterrupted run would have written them."""
+
+    def __init__(self, logger: Logger, offsets: dict[str, float], pending: dict[str, float] | None = None):
+        super().__init__(logger.dir, logger.output_formats)
+        self.offsets = dict(offsets)
+        for key, value in (pending or {}).items():
+            super().record(key, value)
+
+    def record(self, key: str, value: Any, exclude=None) -> None:
+        if key in self.offsets and isinstance(value, (int, float)):
+            value = type(value)(value + self.offsets[key])
+        super().record(key, value, exclude)
+
+    @classmethod
+    def resuming(cls, logger: Logger, model: BaseAlgorithm, checkpoint: str) -> "ContinuedLogger":
+        """``logger`` continuing the counters of ``model``, just loaded from ``checkpoint``."""
+        meta = checkpoint_meta(checkpoint)
+        offsets = {"time/time_elapsed": float(meta.get("time_elapsed", 0.0))}
+        if isinstance(model, OnPolicyAlgorithm):  # every iteration collects n_steps x n_envs steps
+            offsets["time/iterations"] = int(model.num_timesteps // (model.n_steps * model.n_envs))
+        return cls(logger, offsets, meta.get("pending_logs"))
+
+
 def load_checkpoint(path: str, algo: str, env, device: str = "auto") -> BaseAlgorithm:
     """The model of checkpoint ``path`` on ``env`` (VecNormalize statistics restored onto a VecNormalize ``env``),
     with its replay buffer for off-policy algorithms."""
@@ -110,9 +162,10 @@ class CheckpointEvery(BaseCallback):
     """Save a checkpoint (:func:`save_checkpoint`) once ``every`` env steps have passed, at the start of the next
     rollout (after the update that followed the last one, so weights and step count agree), and when training ends."""
 
-    def __init__(self, every: int, directory: str, config_digest: str, keep: int = 3):
+    def __init__(self, every: int, directory: str, config_digest: str, keep: int = 3, elapsed_before: float = 0.0):
         super().__init__()
         self.every, self.directory, self.config_digest, self.keep = every, directory, config_digest, keep
+        self.elapsed_before = elapsed_before
         self.last: str | None = None
         self._saved_at = -1
 
@@ -121,7 +174,7 @@ class CheckpointEvery(BaseCallback):
         self.next = (self.num_timesteps // self.every + 1) * self.every
 
     def _save(self) -> None:
-        self.last = save_checkpoint(self.model, self.directory, self.config_digest, self.keep)
+        self.last = save_checkpoint(self.model, self.directory, self.config_digest, self.keep, self.elapsed_before)
         self._saved_at = self.num_timesteps
         self.next = (self.num_timesteps // self.every + 1) * self.every
 

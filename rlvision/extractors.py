@@ -235,8 +235,8 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
         ``torch.inference_mode``), re-synced only when the training weights changed. Same outputs up to rounding.
         It switches on (``inference_copy_active``) the first time the extractor is put in train mode, so it serves
         the networks SB3 trains; SB3's target networks, which stay in eval mode and are updated in place through
-        ``.data`` (invisible to the change tracking), keep the plain path. For a loaded model used only for
-        inference, set ``extractor.inference_copy_active = True``.
+        ``.data`` (invisible to the change tracking), keep the plain path. A model loaded with SB3's ``load`` acts
+        through it too (switched on when its weights are loaded), so a loaded model acts as the saved one did.
     :param cuda_graph: on CUDA, the inference copy replays its forward from a CUDA graph captured once per input
         shape (a rollout forward at batch 8 is launch-bound on a GPU: 10x faster for the mobile backbones, see
         BENCHMARKS.md); falls back to eager, with a warning, if capture fails. No effect on CPU.
@@ -288,6 +288,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
             preprocess_weights, freeze_preprocess, channels_last, pretrained, pretrained_frames, imagenet_norm,
             freeze_backbone, backbone_lr_scale, augment_shift, init, backbone_kwargs)
         super().__init__(observation_space, features_dim)
+        self.register_load_state_dict_pre_hook(VisionExtractor._before_load)
         self.register_load_state_dict_post_hook(VisionExtractor._after_load)
         self._attach_parts(parts)
         # the speed path (rlvision.inference, knows nothing of SB3): a folded copy for rollouts, torch.compile
@@ -309,6 +310,20 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    @staticmethod
+    def _before_load(module: "VisionExtractor", _state_dict, prefix: str, *_args) -> None:
+        """A saved model being loaded acts as the model that was saved did: through the inference copy, which
+        training switched on. SB3's ``load`` loads the whole policy, where the extractor sits under a network
+        (``actor.features_extractor.``, ``q_net.features_extractor.``) or, in an actor-critic policy, is also
+        ``pi_features_extractor.``/``vf_features_extractor.``. Target networks (``*_target.``) keep the plain path,
+        as in training; so does the copy SB3 makes into a target while it builds a policy (``features_extractor.``
+        alone)."""
+        parts = prefix.split(".")[:-1]
+        if any(part.endswith("_target") for part in parts):
+            return
+        if len(parts) >= 2 or parts[:1] in (["pi_features_extractor"], ["vf_features_extractor"]):
+            module.inference_copy_active = True
 
     @staticmethod
     def _after_load(module: "VisionExtractor", _incompatible) -> None:

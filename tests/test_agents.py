@@ -44,10 +44,16 @@ def test_save_load_gives_identical_actions(algo, tmp_path):
     model.save(tmp_path / "m.zip")
     loaded = type(model).load(tmp_path / "m.zip", env=env)
     obs = np.stack([env.observation_space.sample() for _ in range(8)])
-    # the trained model acts through its inference copy; a loaded one uses it once told it will only act (README).
-    # Both paths agree to rounding, which can flip a near-tie of a barely trained policy, so compare like with like.
+    # the trained model acts through its inference copy and so does the loaded one (switched on by loading), while
+    # the target networks keep the plain path in both
     owner = {"sac": lambda m: m.policy.actor, "dqn": lambda m: m.policy.q_net}.get(algo, lambda m: m.policy)
     extractors = [owner(m).features_extractor for m in (model, loaded)]
+    assert all(e.inference_copy_active for e in extractors)
+    target = {"sac": lambda m: m.policy.critic_target, "dqn": lambda m: m.policy.q_net_target}.get(algo)
+    if target is not None:
+        assert not any(target(m).features_extractor.inference_copy_active for m in (model, loaded))
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    # the two paths agree to rounding, which can flip a near-tie of a barely trained policy: like with like
     for active in (True, False):
         for extractor in extractors:
             extractor.inference_copy_active = active

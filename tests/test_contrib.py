@@ -76,6 +76,10 @@ def test_contrib_algorithm_learns_saves_loads_and_acts_identically(algo, tmp_pat
     loaded = algo_class(algo).load(tmp_path / "model.zip", env=env)
     for name, tensor in model.policy.state_dict().items():
         torch.testing.assert_close(loaded.policy.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    def paths(m):  # which extractors act through the inference copy: the same in the loaded model (no flag set)
+        return {name: e.inference_copy_active for name, e in m.policy.named_modules()
+                if isinstance(e, rlvision.VisionExtractor)}
+    assert paths(loaded) == paths(model) and any(paths(model).values())
     got = predict_many(loaded, obs, algo)
     np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(expected[0]))
     if algo == "recurrentppo":  # the LSTM states carried along agree too

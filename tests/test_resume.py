@@ -171,3 +171,33 @@ def test_a_resume_logs_each_step_once(tmp_path):
             for event in acc.Scalars("time/fps") if "time/fps" in acc.Tags()["scalars"] else []:
                 counts[event.step] = counts.get(event.step, 0) + 1
     assert sorted(counts) == [64, 128, 192, 256] and set(counts.values()) == {1}, counts
+
+
+def csv_rows(*paths):
+    """{total_timesteps: {key: value}} over the CSV files, empty cells left out."""
+    import csv
+
+    rows = {}
+    for path in paths:
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                rows[int(row["time/total_timesteps"])] = {k: v for k, v in row.items() if v != ""}
+    return rows
+
+
+def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
+    """Counters go on (time/iterations, time/time_elapsed) and the losses of the update before the checkpoint are
+    written with the next row, as in a run that was never stopped."""
+    train.main(settings(tmp_path / "full", steps=192))
+    full = csv_rows(tmp_path / "full" / "runs" / "r" / "progress.csv")
+    run_dir = tmp_path / "cut" / "runs" / "r"
+    train.main(settings(tmp_path / "cut", steps=128))
+    (run_dir / "results.json").unlink()
+    train.main(settings(tmp_path / "cut", steps=192) + ["--resume"])
+    cut = csv_rows(run_dir / "progress-until-128.csv", run_dir / "progress.csv")
+    assert sorted(cut) == sorted(full) == [64, 128, 192]
+    for step in full:
+        assert cut[step]["time/iterations"] == full[step]["time/iterations"] == str(step // 64)
+        assert {k for k in cut[step] if k.startswith("train/")} == {k for k in full[step] if k.startswith("train/")}
+    assert "train/value_loss" in cut[192]
+    assert int(cut[192]["time/time_elapsed"]) >= int(cut[128]["time/time_elapsed"])

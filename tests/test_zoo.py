@@ -53,3 +53,25 @@ def test_zoo_yaml_per_algorithm_and_env():
         zoo_hyperparams("recurrentppo", "SyntheticPixel-v0")
     with pytest.raises(ValueError, match="nature_cnn"):
         zoo_hyperparams("ppo", "SyntheticPixel-v0", "nature_cnm")
+
+
+def test_zoo_plugin_trains_rlvision_trpo(tmp_path):
+    """--gym-packages rlvision.agents.zoo_plugin: Zoo's --algo trpo is rlvision's TRPO (one-call actor gradients)."""
+    import importlib
+
+    import rl_zoo3.utils
+    import sb3_contrib
+
+    import rlvision.agents.zoo_plugin as plugin
+    from rlvision.trpo import TRPO
+
+    importlib.reload(plugin)
+    assert rl_zoo3.utils.ALGOS["trpo"] is TRPO and TRPO is not sb3_contrib.TRPO
+    assert rl_zoo3.utils.ALGOS["ppo_lstm"] is sb3_contrib.RecurrentPPO  # the rest unchanged
+    write_zoo_yaml(["--algo", "trpo", "--env", "SyntheticPixel-v0", "--backbone", "nature_cnn", "--n-envs", "2",
+                    "--n-timesteps", "64", "--out", str(tmp_path / "trpo.yml")])
+    run(["rl_zoo3.train", "--algo", "trpo", "--env", "SyntheticPixel-v0", "--gym-packages",
+         "rlvision.agents.zoo_plugin", "-f", "logs", "-conf", "trpo.yml", "--env-kwargs", "size:36", "grid:3",
+         "--eval-freq", "-1", "--seed", "0", "-params", "n_steps:32", "batch_size:32"], tmp_path)
+    model = sb3_contrib.TRPO.load(tmp_path / "logs" / "trpo" / "SyntheticPixel-v0_1" / "SyntheticPixel-v0.zip")
+    assert model.num_timesteps >= 64

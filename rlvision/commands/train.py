@@ -27,8 +27,8 @@ from stable_baselines3.common.logger import configure as configure_logger
 
 from rlvision.agents import evaluate_agent, make_agent
 from rlvision.diagnostics import EncoderDiagnostics
-from rlvision.agents.checkpoints import (CheckpointEvery, config_hash, latest_checkpoint, load_checkpoint,
-                                         save_checkpoint, truncate_tensorboard)
+from rlvision.agents.checkpoints import (CheckpointEvery, ContinuedLogger, checkpoint_meta, config_hash,
+                                         latest_checkpoint, load_checkpoint, save_checkpoint, truncate_tensorboard)
 from rlvision.agents.factory import DEFAULTS, check_hyperparams, check_replay_buffer
 from rlvision.envs import check_env_id, make_env
 from rlvision.runs import check_entry
@@ -153,19 +153,23 @@ def main(argv: list[str] | None = None) -> dict:
             os.replace(csv_path, segment_name(run_dir, model.num_timesteps))  # keep every earlier segment's rows
         truncate_tensorboard(run_dir, model.num_timesteps)  # the steps past the checkpoint are logged again
     resumed_from = model.num_timesteps if checkpoint else None
-    model.set_logger(configure_logger(run_dir, ["tensorboard", "csv"]))  # TensorBoard + progress.csv in run_dir
+    logger = configure_logger(run_dir, ["tensorboard", "csv"])  # TensorBoard + progress.csv in run_dir
+    if checkpoint is not None:  # time/iterations, time/time_elapsed go on; the last update's losses are not lost
+        logger = ContinuedLogger.resuming(logger, model, checkpoint)
+    model.set_logger(logger)
     print(f"{cfg['algo'].upper()} + {cfg['backbone']} on {cfg['env']} {env.observation_space.shape}: "
           f"{sum(p.numel() for p in model.policy.parameters()):,} policy parameters -> {run_dir}")
 
     # 3. Train, with checkpoints every `checkpoint_every` steps.
-    checkpoints = CheckpointEvery(cfg["checkpoint_every"], checkpoint_dir, digest)
+    elapsed_before = float(checkpoint_meta(checkpoint).get("time_elapsed", 0.0)) if checkpoint else 0.0
+    checkpoints = CheckpointEvery(cfg["checkpoint_every"], checkpoint_dir, digest, elapsed_before=elapsed_before)
     start, first_step = time.perf_counter(), model.num_timesteps
     try:  # on resume: the remaining steps, in the same TensorBoard run, with the step count and schedules going on
         model.learn(max(cfg["steps"] - model.num_timesteps, 0), callback=[checkpoints, EncoderDiagnostics()],
                     progress_bar=not args.no_progress, reset_num_timesteps=checkpoint is None)
     except KeyboardInterrupt:
         print("Interrupted: saving a checkpoint (continue with --resume) and evaluating what was trained so far.")
-        save_checkpoint(model, checkpoint_dir, digest)
+        save_checkpoint(model, checkpoint_dir, digest, elapsed_before=elapsed_before)
     elapsed = time.perf_counter() - start
     model.save(os.path.join(run_dir, "model.tmp.zip"))
     os.replace(os.path.join(run_dir, "model.tmp.zip"), os.path.join(run_dir, "model.zip"))

@@ -171,6 +171,9 @@ class CheckpointEvery(BaseCallback):
 
     def _on_training_start(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
+        for name in os.listdir(self.directory):  # the temporary folder of a write that a kill interrupted
+            if name.startswith(".tmp-step_"):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         self.next = (self.num_timesteps // self.every + 1) * self.every
 
     def _save(self) -> None:

@@ -64,7 +64,7 @@ def check_env_id(env_id: str) -> None:
         raise ValueError(f"env_id must be a registered gymnasium id (e.g. 'ALE/Pong-v5'), got {env_id!r}.")
     family = env_family(env_id)
     if family == "synthetic":
-        from . import synthetic  # noqa: F401  (registers SyntheticPixel-v0 / SyntheticPixelContinuous-v0)
+        from .synthetic import SyntheticPixelEnv  # noqa: F401  (importing it registers the synthetic ids)
     elif family in _FAMILY_PACKAGES:
         package, extra = _FAMILY_PACKAGES[family]
         try:

@@ -201,3 +201,17 @@ def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
         assert {k for k in cut[step] if k.startswith("train/")} == {k for k in full[step] if k.startswith("train/")}
     assert "train/value_loss" in cut[192]
     assert int(cut[192]["time/time_elapsed"]) >= int(cut[128]["time/time_elapsed"])
+
+
+def test_fault_injection_kills_during_training_checkpoint_writes_and_evaluation(tmp_path):
+    """experiments/fault_resume.py (its long form runs 20 random schedules): kills during a checkpoint write, during
+    training and during the final evaluation, each followed by --resume; CSV and TensorBoard end as an uninterrupted
+    run's, each step once, and no temporary checkpoint folder is left behind."""
+    out = tmp_path / "faults.json"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "fault_resume.py"),
+                             "--kills", "checkpoint,time;evaluation,checkpoint", "--out", str(out)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = __import__("json").loads(out.read_text())
+    assert [r["problems"] for r in runs] == [[], []]
+    assert "checkpoint write" in runs[0]["landed"] and runs[1]["landed"][0] == "evaluation", runs

@@ -1,7 +1,7 @@
 """Kill `rlvision train` at random points, resume it each time, and check that nothing was lost or logged twice.
 
     python experiments/fault_resume.py --schedules 20 --seed 0            # 20 random kill schedules (~10 minutes)
-    python experiments/fault_resume.py --kills "checkpoint,time;evaluation"  # the schedules given (tests/test_resume.py)
+    python experiments/fault_resume.py --kills "checkpoint,time;evaluation"  # these schedules (tests/test_resume.py)
 
 A schedule is a list of kills; each kill is one of
 - ``time``: SIGKILL after a random fraction of an uninterrupted run's duration (start-up included),

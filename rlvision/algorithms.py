@@ -72,7 +72,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("maskableppo", "sb3_contrib:MaskablePPO", True, "shared", actions="discrete", adam_defaults=_PPO_ADAM),
     # its KL step would otherwise also move the value function's encoder, and its critic update drops the gradients
     # of shared parameters
-    # rlvision.trpo.TRPO: sb3-contrib's, its actor gradients gathered in one autograd call (60x faster for nano_rl)
+    # rlvision.trpo.TRPO: sb3-contrib's, its actor gradients gathered in one autograd call (~45x faster, nano_rl)
     Algorithm("trpo", "rlvision.trpo:TRPO", True, "separate", adam_defaults=_PPO_ADAM, zoo_name="trpo"),
     Algorithm("sac", "stable_baselines3:SAC", False, "separate", actions="box",
               drqv2_base=("stable_baselines3.sac.policies", "SACPolicy"), zoo_name="sac"),

@@ -25,7 +25,8 @@ def test_import_rlvision_does_not_import_envs_algorithm_extras_or_env_packages(t
     result = run_outside_checkout(code, tmp_path)
     assert result.returncode == 0, result.stderr
     loaded = eval(result.stdout)
-    for heavy in ("ale_py", "minigrid", "sb3_contrib", "rl_zoo3", "ray", "Box2D", "pygame", "matplotlib"):
+    for heavy in ("ale_py", "minigrid", "sb3_contrib", "rl_zoo3", "ray", "Box2D", "pygame", "matplotlib", "onnx",
+                  "onnxruntime", "onnxscript"):
         assert heavy not in loaded, heavy
     assert not any(m.startswith("rlvision.envs") or m.startswith("rlvision.agents") for m in
                    eval(run_outside_checkout("import sys, rlvision; print(list(sys.modules))", tmp_path).stdout))

@@ -215,3 +215,23 @@ def test_fault_injection_kills_during_training_checkpoint_writes_and_evaluation(
     runs = __import__("json").loads(out.read_text())
     assert [r["problems"] for r in runs] == [[], []]
     assert "checkpoint write" in runs[0]["landed"] and runs[1]["landed"][0] == "evaluation", runs
+
+
+def test_an_attempt_that_died_before_its_first_checkpoint_is_not_logged_twice(tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "runs" / "r"
+    train.main(settings(tmp_path, steps=128))
+    for name in ("checkpoints", "results.json", "model.zip"):  # as if killed before any checkpoint was complete
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    train.main(settings(tmp_path, steps=128))  # starts afresh in the same folder
+    counts = {}
+    for name in os.listdir(run_dir):
+        if name.startswith("events.out.tfevents"):
+            acc = EventAccumulator(str(run_dir / name))
+            acc.Reload()
+            for event in acc.Scalars("time/fps") if "time/fps" in acc.Tags()["scalars"] else []:
+                counts[event.step] = counts.get(event.step, 0) + 1
+    assert counts == {64: 1, 128: 1}
+    assert (run_dir / "progress-until-0.csv").stat().st_size > 0  # the first attempt's rows are kept

@@ -51,6 +51,16 @@ def segment_name(run_dir: str, step: int) -> str:
     return path
 
 
+def new_segment(run_dir: str, step: int) -> int:
+    """Before training goes on from ``step`` (a checkpoint, or 0 after an attempt that died before its first one):
+    keep the CSV rows logged so far under a free name (SB3's CSV logger starts its file afresh) and drop the
+    TensorBoard points past ``step``, which are logged again. Returns how many points were dropped."""
+    csv_path = os.path.join(run_dir, "progress.csv")
+    if os.path.exists(csv_path) and os.path.getsize(csv_path) > 0:
+        os.replace(csv_path, segment_name(run_dir, step))
+    return truncate_tensorboard(run_dir, step)
+
+
 def _with_matches(keys) -> list[str]:
     """Each unknown key with its closest known one: ["'stepz' (did you mean 'steps'?)", ...]."""
     import difflib
@@ -148,10 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
             check_replay_buffer(cfg["algo"], env, params, 0.8)
         model = load_checkpoint(checkpoint, cfg["algo"], env, device=cfg["device"])
         print(f"Resuming {run_dir} from {checkpoint} (step {model.num_timesteps:,}).")
-        csv_path = os.path.join(run_dir, "progress.csv")
-        if os.path.exists(csv_path) and os.path.getsize(csv_path) > 0:  # SB3's CSV logger starts its file afresh:
-            os.replace(csv_path, segment_name(run_dir, model.num_timesteps))  # keep every earlier segment's rows
-        truncate_tensorboard(run_dir, model.num_timesteps)  # the steps past the checkpoint are logged again
+    if new_segment(run_dir, model.num_timesteps) and checkpoint is None:
+        print(f"{run_dir}: an earlier attempt left no checkpoint; its TensorBoard points were dropped (its CSV "
+              f"rows are kept as progress-until-0*.csv).")
     resumed_from = model.num_timesteps if checkpoint else None
     logger = configure_logger(run_dir, ["tensorboard", "csv"])  # TensorBoard + progress.csv in run_dir
     if checkpoint is not None:  # time/iterations, time/time_elapsed go on; the last update's losses are not lost

@@ -1,0 +1,478 @@
+"""Deploy what was trained: a policy as one ONNX (or TorchScript) file, its outputs checked against SB3.
+
+    rlvision export runs/train/ppo_.../model.zip --format onnx --out policy.onnx          (or python -m rlvision.export)
+    rlvision export model.zip --format onnx --out policy.onnx --with-value --obs-from SyntheticPixel-v0
+    rlvision export policy.onnx --check-only --zip model.zip                            (re-verify a written file)
+
+The exported graph takes what the env returns (uint8 channel-first frames, as SB3 stores them, or one input per key
+of a Dict space), does what SB3's policy does before acting (the division by 255, the SR stage, ImageNet
+normalisation, a frozen encoder) and returns the deterministic action, as ``model.predict(obs, deterministic=True)``
+returns it (continuous actions unscaled or clipped to the action space). Options: ``with_value`` adds the critic's
+value (actor-critic algorithms), ``logits`` the distribution's parameters. BatchNorm is folded into the convolutions
+(the rollout inference copy's folding), training-only stages (augmentation) are not in the graph, the batch
+dimension is dynamic unless ``batch`` fixes it.
+
+Covered: PPO, A2C, GraphedPPO, TRPO (Discrete, Box, MultiDiscrete actions), MaskablePPO (the action mask is a second
+input, ``action_mask``, bool (B, n)), SAC, TD3, TQC, CrossQ (the actor), DQN and QR-DQN (the greedy action).
+Not yet: RecurrentPPO (LSTM state in and out) and ExecuTorch ``.pte`` files (ExecuTorch 1.5.1's wheel is built
+against another torch release and pulls coremltools/torchao; not verified with torch 2.13).
+
+After writing, the file is run (onnxruntime for ONNX, torch for TorchScript) on ``n_check`` observations drawn from
+the observation space (or from an env, ``obs_from``) and compared with the SB3 model: the max difference of every
+output and the action agreement are printed; a mismatch raises :class:`ExportMismatch` with the numbers and the
+file is removed. :class:`OnnxPolicy` runs an exported file with SB3's ``predict`` signature, so SB3's
+``evaluate_policy`` takes it directly. Needs ``pip install 'rlvision[export]'`` (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+FORMATS = ("onnx", "torchscript", "executorch")
+SUPPORTED = ("ppo", "a2c", "graphedppo", "trpo", "maskableppo", "sac", "td3", "tqc", "crossq", "dqn", "qrdqn")
+
+
+class ExportMismatch(RuntimeError):
+    """The exported file's outputs differ from the SB3 model's."""
+
+
+def _algo_name(model) -> str:
+    return type(model).__name__.lower()
+
+
+def _folded_policy(model) -> nn.Module:
+    """A CPU copy of the policy in eval mode whose rlvision extractors are their folded inference twins (BatchNorm in
+    the convolutions, the plain forward: no inference-copy bookkeeping, no augmentation)."""
+    from .extractors import VisionExtractor, _plain_forward
+    from .inference import InferenceCopy
+
+    source = model.policy  # rebuilt, not deep-copied: a policy keeps its last distribution (non-leaf tensors)
+    params = source._get_constructor_parameters()
+    if "share_features_extractor" not in params and hasattr(source, "share_features_extractor") \
+            and "share_features_extractor" in inspect.signature(type(source)).parameters:
+        params["share_features_extractor"] = source.share_features_extractor  # SB3 leaves it out (TRPO: False)
+    policy = type(source)(**params)
+    policy.load_state_dict(source.state_dict())
+    policy = policy.to("cpu").eval()
+    folded: dict[int, nn.Module] = {}
+    for parent in list(policy.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, VisionExtractor):
+                if id(child) not in folded:
+                    twin = InferenceCopy(child, channels_last=False, prepare=_plain_forward, cuda_graph=False)
+                    twin.sync()
+                    folded[id(child)] = twin.model
+                setattr(parent, name, folded[id(child)])
+    return policy.requires_grad_(False)
+
+
+class _PolicyGraph(nn.Module):
+    """What goes into the file: raw observations (and a mask) -> action (, value) (, distribution parameters)."""
+
+    def __init__(self, model, with_value: bool, logits: bool):
+        super().__init__()
+        from stable_baselines3.common.distributions import (CategoricalDistribution, DiagGaussianDistribution,
+                                                            MultiCategoricalDistribution)
+        from stable_baselines3.common.policies import ActorCriticPolicy
+
+        self.algo = _algo_name(model)
+        if self.algo not in SUPPORTED:
+            hint = (" (RecurrentPPO's LSTM state is not exported yet)" if self.algo == "recurrentppo" else "")
+            raise ValueError(f"Cannot export {type(model).__name__}{hint}; supported: {', '.join(SUPPORTED)}.")
+        self.policy = _folded_policy(model)
+        self.space = model.observation_space
+        self.keys = list(self.space.spaces) if isinstance(self.space, spaces.Dict) else None
+        self.with_value, self.logits = with_value, logits
+        self.masked = self.algo == "maskableppo"
+        action_space = model.action_space
+        box = isinstance(action_space, spaces.Box)
+        if box:
+            self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        # SB3's ActorCriticPolicy and sb3-contrib's MaskableActorCriticPolicy (not a subclass; same parts)
+        self.actor_critic = isinstance(self.policy, ActorCriticPolicy) or all(
+            hasattr(self.policy, part) for part in ("mlp_extractor", "action_net", "value_net"))
+        if with_value and not self.actor_critic:
+            raise ValueError(f"with_value: {type(model).__name__} has no state-value critic; export without it "
+                             f"(Q values of SAC/TD3 critics are not exported).")
+        if self.actor_critic:
+            dist = self.policy.action_dist
+            if isinstance(dist, CategoricalDistribution) or type(dist).__name__ == "MaskableCategoricalDistribution":
+                self.kind = "categorical"
+            elif isinstance(dist, MultiCategoricalDistribution):
+                self.kind, self.action_dims = "multicategorical", list(dist.action_dims)
+            elif isinstance(dist, DiagGaussianDistribution):
+                self.kind, self.squash = "gaussian", bool(self.policy.squash_output)
+            else:
+                raise ValueError(f"Cannot export the {type(dist).__name__} action distribution; supported: "
+                                 f"Categorical (Discrete), MultiCategorical (MultiDiscrete), DiagGaussian (Box, "
+                                 f"no gSDE).")
+        elif self.algo in ("sac", "tqc", "crossq"):
+            if self.policy.actor.use_sde:
+                raise ValueError("Cannot export a SAC-style actor with gSDE (use_sde=True).")
+            self.kind = "squashed"
+        elif self.algo == "td3":
+            self.kind = "td3"
+        else:
+            self.kind = "greedy"
+        if logits and self.kind == "greedy":
+            raise ValueError(f"logits: {type(model).__name__} acts greedily on Q values; export without --logits.")
+
+    def input_names(self) -> list[str]:
+        return (list(self.keys) if self.keys else ["obs"]) + (["action_mask"] if self.masked else [])
+
+    def output_names(self) -> list[str]:
+        names = ["action"] + (["value"] if self.with_value else [])
+        if self.logits:
+            names += ["mean", "log_std"] if self.kind in ("gaussian", "squashed") else (
+                ["mu"] if self.kind == "td3" else ["logits"])
+        return names
+
+    def _unscale(self, action: torch.Tensor) -> torch.Tensor:  # [-1, 1] -> the action space, as SB3's predict
+        return self.low + 0.5 * (action + 1.0) * (self.high - self.low)
+
+    def forward(self, *inputs: torch.Tensor):
+        obs = dict(zip(self.keys, inputs)) if self.keys else inputs[0]
+        p = self.policy
+        out: list[torch.Tensor] = []
+        if self.actor_critic:
+            features = p.extract_features(obs)
+            if p.share_features_extractor:
+                latent_pi, latent_vf = p.mlp_extractor(features)
+            else:
+                latent_pi, latent_vf = p.mlp_extractor.forward_actor(features[0]), p.mlp_extractor.forward_critic(
+                    features[1])
+            params = p.action_net(latent_pi)
+            if self.kind == "categorical":
+                if self.masked:
+                    params = torch.where(inputs[-1].to(torch.bool), params, torch.full_like(params, -1e8))
+                action = params.argmax(dim=1)
+            elif self.kind == "multicategorical":
+                action = torch.stack([part.argmax(dim=1) for part in torch.split(params, self.action_dims, dim=1)],
+                                     dim=1)
+            else:
+                action = self._unscale(torch.tanh(params)) if self.squash else torch.clamp(params, self.low, self.high)
+            out.append(action)
+            if self.with_value:
+                out.append(p.value_net(latent_vf))
+            if self.logits:
+                out += [params, p.log_std.expand_as(params)] if self.kind == "gaussian" else [params]
+        elif self.kind == "squashed":
+            mean, log_std, _ = p.actor.get_action_dist_params(obs)
+            out.append(self._unscale(torch.tanh(mean)))
+            if self.logits:
+                out += [mean, log_std]
+        elif self.kind == "td3":
+            mu = p.actor(obs)
+            out.append(self._unscale(mu))
+            if self.logits:
+                out.append(mu)
+        else:
+            out.append(p._predict(obs, deterministic=True))
+        return tuple(out)
+
+
+def _sample_inputs(model, n: int, obs_from: str | None, seed: int = 0) -> list[np.ndarray]:
+    """n observations (and masks for MaskablePPO) as the graph's inputs, from the observation space or an env."""
+    space = model.observation_space
+    if obs_from:
+        from rlvision.envs import make_env
+
+        env = make_env(obs_from, n_envs=1, seed=seed)
+        if env.observation_space != space:
+            raise ValueError(f"--obs-from {obs_from}: its observations {env.observation_space} are not the model's "
+                             f"{space}; pass the env the model was trained on (and its env kwargs) or leave it out.")
+        rng = np.random.default_rng(seed)
+        frames = []
+        obs = env.reset()
+        for _ in range(n):
+            frames.append(obs)
+            obs, *_ = env.step(np.array([env.action_space.sample()]))
+        env.close()
+        del rng
+        stacked = ({k: np.concatenate([f[k] for f in frames]) for k in space.spaces} if isinstance(space, spaces.Dict)
+                   else np.concatenate(frames))
+    else:
+        space.seed(seed)
+        samples = [space.sample() for _ in range(n)]
+        stacked = ({k: np.stack([s[k] for s in samples]) for k in space.spaces} if isinstance(space, spaces.Dict)
+                   else np.stack(samples))
+    inputs = [stacked[k] for k in space.spaces] if isinstance(space, spaces.Dict) else [stacked]
+    if _algo_name(model) == "maskableppo":
+        rng = np.random.default_rng(seed)
+        masks = rng.random((n, int(model.action_space.n))) < 0.6
+        masks[np.arange(n), rng.integers(0, model.action_space.n, n)] = True  # at least one legal action
+        inputs.append(masks)
+    return inputs
+
+
+def _reference(model, inputs: list[np.ndarray], graph: _PolicyGraph) -> list[np.ndarray]:
+    """The SB3 model's own outputs for ``inputs``: predict(deterministic=True) (and predict_values)."""
+    space = model.observation_space
+    obs = dict(zip(space.spaces, inputs)) if isinstance(space, spaces.Dict) else inputs[0]
+    kwargs = dict(action_masks=inputs[-1]) if graph.masked else {}
+    action, _ = model.predict(obs, deterministic=True, **kwargs)
+    out = [np.asarray(action)]
+    if graph.with_value:
+        with torch.no_grad():
+            out.append(model.policy.predict_values(model.policy.obs_to_tensor(obs)[0]).cpu().numpy())
+    return out
+
+
+def _run_file(path: str, fmt: str, inputs: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
+    if fmt == "onnx":
+        session = OnnxPolicy._session(path)
+        return session.run(None, dict(zip(names, inputs)))
+    if fmt == "torchscript":
+        module = torch.jit.load(path, map_location="cpu")
+        with torch.no_grad():
+            return [t.numpy() for t in module(*[torch.as_tensor(x) for x in inputs])]
+    raise ValueError(f"format {fmt!r}: choose one of onnx, torchscript.")
+
+
+@dataclass
+class ExportReport:
+    """What the check found: max absolute difference per output, fraction of equal actions, observations used."""
+
+    path: str
+    format: str
+    n: int
+    max_diff: dict[str, float]
+    action_agreement: float
+
+    def __str__(self) -> str:
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in self.max_diff.items())
+        return (f"{self.path} ({self.format}): on {self.n} observations, max |difference| vs SB3: {diffs}; "
+                f"actions equal: {self.action_agreement:.1%}")
+
+
+def verify(model, path: str, format: str | None = None, n_check: int = 32, obs_from: str | None = None,
+           with_value: bool = False, atol: float = 1e-4) -> ExportReport:
+    """Run the exported file on ``n_check`` observations and compare with the SB3 model (see the module doc).
+    Raises :class:`ExportMismatch` with the numbers when an action differs (continuous actions: by more than
+    ``atol``) or the value by more than ``atol`` (relative to its scale)."""
+    fmt = format or _format_of(path)
+    graph = _PolicyGraph(model, with_value, False)
+    inputs = _sample_inputs(model, n_check, obs_from)
+    got = _run_file(path, fmt, inputs, graph.input_names())
+    want = _reference(model, inputs, graph)
+    diffs, agreement = {}, 1.0
+    for name, g, w in zip(graph.output_names(), got, want):
+        g, w = np.asarray(g).reshape(np.shape(w)), np.asarray(w)
+        diffs[name] = float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))) if w.size else 0.0
+        if name == "action":
+            close = np.isclose(g, w, atol=atol, rtol=0) if np.issubdtype(w.dtype, np.floating) else g == w
+            agreement = float(np.mean(close.reshape(len(w), -1).all(axis=1)))
+    report = ExportReport(path, fmt, n_check, diffs, agreement)
+    scale = max(1.0, float(np.max(np.abs(want[1])))) if with_value else 1.0
+    if agreement < 1.0 or (with_value and diffs["value"] > atol * scale):
+        raise ExportMismatch(f"{report}. The exported graph does not act as the SB3 model; please report it with the "
+                             f"model's algorithm, backbone and spaces.")
+    return report
+
+
+def _format_of(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    formats = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pte": "executorch"}
+    if ext not in formats:
+        raise ValueError(f"Cannot tell the format of {path!r} from its extension; pass format= (onnx, torchscript).")
+    return formats[ext]
+
+
+def export_policy(model, path: str, format: str = "onnx", batch: int | None = None, opset: int | None = None,
+                  with_value: bool = False, logits: bool = False, check: bool = True, n_check: int = 32,
+                  obs_from: str | None = None, log=print) -> ExportReport | None:
+    """Write ``model``'s deterministic policy to ``path`` (see the module doc); with ``check`` (default) run the
+    file and compare with SB3 (:func:`verify`). The file is written under a temporary name and renamed when it has
+    passed the check; on a mismatch nothing is left at ``path``."""
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}.")
+    if format == "executorch":
+        raise ValueError("ExecuTorch export is not available yet: ExecuTorch 1.5.1's wheel is built against another "
+                         "torch release than rlvision's pinned 2.13 (README 'Export'); use format='onnx' or "
+                         "'torchscript'.")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive int (or None for a dynamic batch), got {batch!r}.")
+    graph = _PolicyGraph(model, with_value, logits).eval()
+    example = [torch.as_tensor(x) for x in _sample_inputs(model, batch or 2, None)]
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}{os.path.splitext(path)[1]}")
+    try:
+        with torch.no_grad():
+            if format == "onnx":
+                _onnx_export(graph, example, tmp, batch, opset)
+            else:
+                torch.jit.save(torch.jit.trace(graph, tuple(example), check_trace=False), tmp)
+        report = None
+        if check:
+            report = verify(model, tmp, format, n_check, obs_from, with_value)
+            report.path = path
+            log(str(report))
+        os.replace(tmp, path)
+        return report
+    finally:
+        for leftover in (tmp, tmp + ".data"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def _onnx_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, batch: int | None,
+                 opset: int | None) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
+    except ImportError as error:
+        raise ImportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'rlvision[export]'.") \
+            from error
+    dynamic = None
+    if batch is None:
+        dim = torch.export.Dim("batch", min=1, max=1 << 16)
+        dynamic = (tuple({0: dim} for _ in example),)  # forward(*inputs): one entry, the tuple of inputs
+    kwargs = dict(dynamo=True, input_names=graph.input_names(), output_names=graph.output_names(),
+                  dynamic_shapes=dynamic, external_data=False, verbose=False)
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+        torch.onnx.export(graph, tuple(example), path, **kwargs)
+
+
+class OnnxPolicy:
+    """An exported ONNX policy with SB3's ``predict`` signature: ``predict(obs, state=None, episode_start=None,
+    deterministic=True) -> (action, None)``, for single or batched observations (channel-last frames are transposed
+    as SB3 does), so ``stable_baselines3.common.evaluation.evaluate_policy(OnnxPolicy(path), env)`` runs it.
+    ``action_masks=`` for a MaskablePPO export. Needs onnxruntime."""
+
+    def __init__(self, path: str, threads: int | None = None):
+        self.path = path
+        self.session = self._session(path, threads)
+        self.inputs = [(i.name, i.shape) for i in self.session.get_inputs()]
+        self.masked = self.inputs[-1][0] == "action_mask"
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    @staticmethod
+    def _session(path: str, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise ImportError("Running an ONNX policy needs onnxruntime: pip install 'rlvision[export]'.") from error
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such ONNX file; write one with `rlvision export MODEL.zip`.")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again with "
+                             f"`rlvision export MODEL.zip --out {path}`.") from error
+
+    def _prepare(self, x: np.ndarray, shape) -> tuple[np.ndarray, bool]:
+        want = tuple(shape[1:])
+        x = np.asarray(x)
+        single = x.ndim == len(want)
+        if single:
+            x = x[None]
+        if tuple(x.shape[1:]) != want and len(want) == 3 and tuple(x.shape[1:]) == (want[1], want[2], want[0]):
+            x = np.transpose(x, (0, 3, 1, 2))  # channel-last frames, as SB3's predict transposes them
+        return np.ascontiguousarray(x), single
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True,
+                action_masks: np.ndarray | None = None) -> tuple[np.ndarray, None]:
+        if not deterministic:
+            raise ValueError("An exported policy acts deterministically; call predict(..., deterministic=True).")
+        names = [n for n, _ in self.inputs if n != "action_mask"]
+        feeds, single = {}, False
+        for name, shape in self.inputs:
+            if name == "action_mask":
+                continue
+            value = observation[name] if isinstance(observation, dict) else observation
+            feeds[name], single = self._prepare(value, shape)
+        if self.masked:
+            if action_masks is None:
+                raise ValueError(f"{self.path} is a MaskablePPO policy: pass action_masks= (bool, (n_envs, n)).")
+            masks = np.asarray(action_masks, dtype=bool)
+            feeds["action_mask"] = masks[None] if masks.ndim == 1 else masks
+        del names
+        action = self.session.run(["action"], feeds)[0]
+        return (action[0] if single else action), None
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rlvision.agents import algo_class
+
+    parser = argparse.ArgumentParser(prog="rlvision export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="an SB3 model zip (or, with --check-only, the exported file)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default onnx)")
+    parser.add_argument("--out", help="the file to write (default: the zip's name with .onnx / .pt)")
+    parser.add_argument("--algo", help="the algorithm, when the zip's name does not say (ppo, sac, dqn, ...)")
+    parser.add_argument("--batch", type=int, help="fix the batch size (default: dynamic)")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--with-value", action="store_true", help="also output the critic's value (actor-critic)")
+    parser.add_argument("--logits", action="store_true", help="also output the action distribution's parameters")
+    parser.add_argument("--n-check", type=int, default=32, help="observations for the check (default 32)")
+    parser.add_argument("--obs-from", metavar="ENV_ID", help="check on frames of this env instead of random ones")
+    parser.add_argument("--check-only", action="store_true",
+                        help="re-verify an existing exported file (MODEL is the file; --zip gives the model zip)")
+    parser.add_argument("--zip", dest="zip_path", help="with --check-only: the SB3 model zip to compare with")
+    args = parser.parse_args(argv)
+    zip_path = args.zip_path if args.check_only else args.model
+    if not zip_path or not os.path.isfile(zip_path):
+        parser.error(f"{zip_path!r}: no such model zip" + (" (--check-only needs --zip MODEL.zip)"
+                                                            if args.check_only else ""))
+    algo = args.algo or _guess_algo(zip_path)
+    if algo is None:
+        parser.error(f"cannot tell the algorithm of {zip_path}; pass --algo ({', '.join(SUPPORTED)}).")
+    try:
+        model = algo_class(algo).load(zip_path, device="cpu")
+    except Exception as error:
+        parser.error(f"{zip_path}: cannot load it as {algo} ({error}); pass the right --algo.")
+    try:
+        if args.check_only:
+            print(verify(model, args.model, None, args.n_check, args.obs_from, args.with_value))
+            return
+        out = args.out or os.path.splitext(zip_path)[0] + (".onnx" if args.format == "onnx" else ".pt")
+        export_policy(model, out, args.format, args.batch, args.opset, args.with_value, args.logits,
+                      n_check=args.n_check, obs_from=args.obs_from)
+    except (ValueError, ImportError, ExportMismatch) as error:
+        parser.exit(2, f"rlvision export: error: {error}\n")
+
+
+def _guess_algo(path: str) -> str | None:
+    """The algorithm from SB3's saved data (its policy class's module) or the file name."""
+    import zipfile
+
+    from rlvision.algorithms import ALGORITHMS
+
+    name = os.path.basename(path).lower()
+    for algo in sorted(ALGORITHMS, key=len, reverse=True):
+        if name.startswith(algo + "_") or name.startswith(algo + "-") or name == algo + ".zip":
+            return algo
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = z.read("data").decode(errors="replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+    hints = {"sb3_contrib.common.maskable": "maskableppo", "sb3_contrib.common.recurrent": "recurrentppo",
+             "sb3_contrib.qrdqn": "qrdqn", "sb3_contrib.tqc": "tqc", "sb3_contrib.crossq": "crossq",
+             "stable_baselines3.sac": "sac", "stable_baselines3.td3": "td3", "stable_baselines3.dqn": "dqn",
+             "ActorCritic": "ppo"}  # PPO, A2C, TRPO share the policy class; PPO.load acts the same for all three
+    for hint, algo in hints.items():
+        if hint in data:
+            return algo
+    return None
+
+
+if __name__ == "__main__":
+    main()

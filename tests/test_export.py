@@ -1,0 +1,154 @@
+"""Export (issue 22, part): ONNX / TorchScript files of trained policies act as the SB3 model does."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
+
+from rlvision import export  # noqa: E402
+from rlvision.agents import make_agent  # noqa: E402
+from rlvision.cli import main as cli  # noqa: E402
+from rlvision.envs import make_env  # noqa: E402
+
+SMALL = dict(size=36, grid=3)
+
+
+def trained(algo, backbone="nature_cnn", env_id="SyntheticPixel-v0", **hp):
+    env = make_env(env_id, n_envs=2, seed=0, env_kwargs=SMALL)
+    fast = {"ppo": dict(n_steps=16, batch_size=32, n_epochs=1),
+            "sac": dict(buffer_size=200, learning_starts=20, batch_size=16),
+            "dqn": dict(buffer_size=200, learning_starts=20, batch_size=16, train_freq=4),
+            "maskableppo": dict(n_steps=16, batch_size=32, n_epochs=1)}[algo]
+    model = make_agent(algo, env, backbone=backbone, seed=0, **{**fast, **hp})
+    model.learn(64)
+    return model, env
+
+
+def test_ppo_with_batchnorm_exports_to_onnx_and_acts_as_sb3(tmp_path):
+    """The default encoder (BatchNorm folded in the file), value included; the file serves evaluate_policy."""
+    model, env = trained("ppo", "mobilenetv4_nano_rl")
+    path = str(tmp_path / "policy.onnx")
+    report = export.export_policy(model, path, with_value=True, n_check=16, log=lambda *_: None)
+    assert os.path.isfile(path) and report.action_agreement == 1.0 and report.max_diff["value"] < 1e-4
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    import onnx
+
+    graph = onnx.load(path).graph
+    assert not any(n.op_type == "BatchNormalization" for n in graph.node)  # folded
+    policy = export.OnnxPolicy(path)
+    obs = np.stack([env.observation_space.sample() for _ in range(5)])  # a batch size the export never saw
+    np.testing.assert_array_equal(policy.predict(obs)[0], model.predict(obs, deterministic=True)[0])
+    single, _ = policy.predict(obs[0])
+    assert np.ndim(single) == 0 and single == model.predict(obs[0], deterministic=True)[0]
+    episodes, _ = evaluate_policy(policy, env, n_eval_episodes=2, return_episode_rewards=True)
+    assert len(episodes) == 2
+    with pytest.raises(ValueError, match="deterministic=True"):
+        policy.predict(obs, deterministic=False)
+
+
+def test_sac_actor_exports_with_unscaled_actions(tmp_path):
+    model, env = trained("sac", env_id="SyntheticPixelContinuous-v0")
+    path = str(tmp_path / "sac.onnx")
+    report = export.export_policy(model, path, logits=True, log=lambda *_: None)
+    assert report.max_diff["action"] < 1e-5
+    obs = np.stack([env.observation_space.sample() for _ in range(4)])
+    np.testing.assert_allclose(export.OnnxPolicy(path).predict(obs)[0], model.predict(obs, deterministic=True)[0],
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="no state-value critic"):
+        export.export_policy(model, str(tmp_path / "v.onnx"), with_value=True)
+
+
+def test_dqn_torchscript_and_the_mask_of_maskable_ppo(tmp_path):
+    dqn, _ = trained("dqn")
+    report = export.export_policy(dqn, str(tmp_path / "dqn.pt"), format="torchscript", log=lambda *_: None)
+    assert report.action_agreement == 1.0
+    pytest.importorskip("sb3_contrib")
+    from sb3_contrib.common.wrappers import ActionMasker
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    from rlvision.envs import SyntheticPixelEnv
+
+    env = VecTransposeImage(make_vec_env(SyntheticPixelEnv, n_envs=2, seed=0, env_kwargs=SMALL,
+                                         wrapper_class=ActionMasker,
+                                         wrapper_kwargs=dict(action_mask_fn=lambda e: np.ones(4, dtype=bool))))
+    masked = make_agent("maskableppo", env, backbone="nature_cnn", seed=0, n_steps=16, batch_size=32, n_epochs=1)
+    path = str(tmp_path / "masked.onnx")
+    assert export.export_policy(masked, path, log=lambda *_: None).action_agreement == 1.0
+    policy = export.OnnxPolicy(path)
+    obs = np.stack([env.observation_space.sample() for _ in range(6)])
+    only = np.zeros((6, 4), dtype=bool)
+    only[np.arange(6), [0, 1, 2, 3, 2, 1]] = True  # one legal action per row: the policy must take it
+    np.testing.assert_array_equal(policy.predict(obs, action_masks=only)[0], [0, 1, 2, 3, 2, 1])
+    with pytest.raises(ValueError, match="action_masks"):
+        policy.predict(obs)
+
+
+def test_a_mismatch_fails_with_the_numbers_and_leaves_no_file(tmp_path, monkeypatch):
+    model, _ = trained("ppo")
+    path = tmp_path / "p.pt"
+    real = export._reference
+    monkeypatch.setattr(export, "_reference", lambda m, i, g: [(real(m, i, g)[0] + 1) % 4])
+    with pytest.raises(export.ExportMismatch, match=r"actions equal: 0\.0%"):
+        export.export_policy(model, str(path), format="torchscript", log=lambda *_: None)
+    assert not os.listdir(tmp_path)
+
+
+def test_unsupported_and_bad_input_are_named(tmp_path):
+    model, _ = trained("ppo")
+    with pytest.raises(ValueError, match="ExecuTorch.*format='onnx' or 'torchscript'"):
+        export.export_policy(model, str(tmp_path / "p.pte"), format="executorch")
+    with pytest.raises(ValueError, match="positive int"):
+        export.export_policy(model, str(tmp_path / "p.onnx"), batch=0)
+    (tmp_path / "junk.onnx").write_text("not a model")
+    with pytest.raises(ValueError, match="junk.onnx.*export it again"):
+        export.OnnxPolicy(str(tmp_path / "junk.onnx"))
+    pytest.importorskip("sb3_contrib")
+    from sb3_contrib import RecurrentPPO
+
+    from rlvision import policy_kwargs
+
+    env = make_env("SyntheticPixel-v0", n_envs=1, env_kwargs=SMALL)
+    lstm = RecurrentPPO("CnnLstmPolicy", env, policy_kwargs=policy_kwargs("nature_cnn", algo="recurrentppo"))
+    with pytest.raises(ValueError, match="RecurrentPPO.*LSTM.*supported: ppo"):
+        export.export_policy(lstm, str(tmp_path / "r.onnx"))
+
+
+def test_command_exports_and_rechecks(tmp_path, capsys):
+    model, _ = trained("ppo")
+    model.save(tmp_path / "ppo_run.zip")
+    cli(["export", str(tmp_path / "ppo_run.zip"), "--format", "torchscript", "--with-value", "--n-check", "8"])
+    assert (tmp_path / "ppo_run.pt").is_file()
+    assert "actions equal: 100.0%" in capsys.readouterr().out
+    cli(["export", str(tmp_path / "ppo_run.pt"), "--check-only", "--zip", str(tmp_path / "ppo_run.zip")])
+    assert "actions equal: 100.0%" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as error:
+        cli(["export", str(tmp_path / "missing.zip")])
+    assert error.value.code == 2
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("algo", ["a2c", "trpo", "ppo", "td3", "tqc", "crossq", "qrdqn"])
+def test_every_covered_algorithm_exports_and_acts_as_sb3(algo, tmp_path):
+    """TorchScript (fast to write) for the rest of the covered algorithms; PPO here on Box actions."""
+    from rlvision.algorithms import algorithm
+
+    if algo in ("tqc", "crossq", "qrdqn", "trpo"):
+        pytest.importorskip("sb3_contrib")
+    continuous = algo == "ppo" or algorithm(algo).actions == "box"
+    env = make_env("SyntheticPixelContinuous-v0" if continuous else "SyntheticPixel-v0", n_envs=2, seed=0,
+                   env_kwargs=SMALL)
+    on_policy = dict(n_steps=16, batch_size=32) if algo in ("ppo", "trpo") else dict(n_steps=16)
+    off_policy = dict(buffer_size=200, learning_starts=20, batch_size=16)
+    hp = on_policy if algorithm(algo).on_policy else off_policy
+    model = make_agent(algo, env, backbone="nature_cnn", seed=0, **hp)
+    model.learn(48)
+    report = export.export_policy(model, str(tmp_path / "p.pt"), format="torchscript",
+                                  with_value=algorithm(algo).on_policy, log=lambda *_: None)
+    assert report.action_agreement == 1.0
+    assert report.max_diff["action"] < (1e-5 if continuous else 0.5)

@@ -27,7 +27,9 @@ def count_flops(module: nn.Module, example: torch.Tensor) -> int:
     import copy
 
     twin = copy.deepcopy(module).cpu().eval()
-    with FlopCounterMode(display=False) as counter:
+    # autograd on: the plain forward, never an inference fast path (a folded copy, onnxruntime) that would be
+    # traced or built inside the counter
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         twin(example.cpu())
     return counter.get_total_flops()
 

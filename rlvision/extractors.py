@@ -237,6 +237,11 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
         the networks SB3 trains; SB3's target networks, which stay in eval mode and are updated in place through
         ``.data`` (invisible to the change tracking), keep the plain path. A model loaded with SB3's ``load`` acts
         through it too (switched on when its weights are loaded), so a loaded model acts as the saved one did.
+    :param rollout_backend: ``"torch"`` (default) or ``"onnxruntime"``: on CPU the inference copy runs on
+        onnxruntime (:mod:`rlvision.ort_backend`: exported once per input shape at the first rollout, a few
+        seconds; after each update a new session from the same graph with the new weights, tens of milliseconds, no
+        re-export; same actions up to float rounding). Needs
+        ``rlvision[export]``; falls back to torch with a warning if the export fails. See BENCHMARKS.md.
     :param cuda_graph: on CUDA, the inference copy replays its forward from a CUDA graph captured once per input
         shape (a rollout forward at batch 8 is launch-bound on a GPU: 10x faster for the mobile backbones, see
         BENCHMARKS.md); falls back to eager, with a warning, if capture fails. No effect on CPU.
@@ -278,7 +283,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
                  compile: bool = False, cuda_graph: bool = True, pretrained: str | None = None,
                  pretrained_frames: str = "auto", imagenet_norm: bool | None = None, freeze_backbone: bool = False,
                  backbone_lr_scale: float = 1.0, augment_shift: int = 0, init: str | None = None,
-                 **backbone_kwargs: Any):
+                 rollout_backend: str = "torch", **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         check_int("features_dim", features_dim)
         check_keywords(backbone_kwargs, accepted_keywords(backbone_info(backbone).builder),
@@ -294,8 +299,18 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
         # the speed path (rlvision.inference, knows nothing of SB3): a folded copy for rollouts, torch.compile
         self.inference_copy = inference_copy
         self.inference_copy_active = False
-        self._inference = (InferenceCopy(self, self.channels_last, prepare=_plain_forward, cuda_graph=cuda_graph)
-                           if inference_copy else None)
+        if rollout_backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"rollout_backend must be 'torch' or 'onnxruntime', got {rollout_backend!r}.")
+        if rollout_backend == "onnxruntime":
+            try:
+                import onnxruntime  # noqa: F401
+                import onnxscript  # noqa: F401
+            except ImportError as error:
+                raise ImportError("rollout_backend='onnxruntime' needs onnxruntime and onnxscript: pip install "
+                                  "'rlvision[export]' (or use rollout_backend='torch').") from error
+        self.rollout_backend = rollout_backend
+        self._inference = (InferenceCopy(self, self.channels_last, prepare=_plain_forward, cuda_graph=cuda_graph,
+                                         backend=rollout_backend) if inference_copy else None)
         self._compiled = _Compiled(self.backbone) if compile else None
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:

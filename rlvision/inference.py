@@ -52,13 +52,25 @@ class InferenceCopy:
     :param cuda_graph: on CUDA inputs, replay the copy's forward from a CUDA graph per input shape
         (:class:`CudaGraphRunner`; re-syncs copy weights in place, so graphs survive them). If capture fails, a
         warning says why and the copy runs eagerly from then on, with the same results.
+    :param backend: ``"torch"`` (default) or ``"onnxruntime"``: on CPU inputs, run the copy on onnxruntime
+        (:class:`rlvision.ort_backend.OrtRunner`: exported once per input shape; after each re-sync a new session
+        is made from the same graph with the new weights, no re-export; the copy is kept contiguous, not
+        channels_last). If the export fails, a warning says why and the copy runs on torch from then on.
     """
 
-    def __init__(self, source: nn.Module, channels_last: bool = True, prepare=None, cuda_graph: bool = True):
+    def __init__(self, source: nn.Module, channels_last: bool = True, prepare=None, cuda_graph: bool = True,
+                 backend: str = "torch"):
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}.")
         self.source = source
         self.channels_last = channels_last
         self.prepare = prepare
         self.cuda_graph = cuda_graph
+        self.backend = backend
+        if backend == "onnxruntime":
+            self.channels_last = False  # onnxruntime reads the weights in place: contiguous
+        self.runner = None
+        self.runner_error: str | None = None
         self.graphs: CudaGraphCache | None = None
         self.model: nn.Module | None = None
         self._source_tensors: list[torch.Tensor] = []
@@ -77,7 +89,8 @@ class InferenceCopy:
 
     def __deepcopy__(self, memo: dict) -> "InferenceCopy":
         """A deep copy of the source gets a fresh, empty twin of its own (built on first use)."""
-        return InferenceCopy(copy.deepcopy(self.source, memo), self.channels_last, self.prepare, self.cuda_graph)
+        return InferenceCopy(copy.deepcopy(self.source, memo), self.channels_last, self.prepare, self.cuda_graph,
+                             self.backend)
 
     def _tensors(self) -> list[torch.Tensor]:
         return [*self.source.parameters(), *self.source.buffers()]
@@ -106,12 +119,19 @@ class InferenceCopy:
         model.eval().requires_grad_(False)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        elif self.backend == "onnxruntime":  # weights read in place by onnxruntime: plain contiguous layout
+            model.to(memory_format=torch.contiguous_format)
         dst = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         src = {**dict(self.source.named_parameters()), **dict(self.source.named_buffers())}
         folded = {id(conv.weight) for conv, _, _ in self.folds} | {id(conv.bias) for conv, _, _ in self.folds}
         self.copies = [(dst[name], src[name]) for name in dst if id(dst[name]) not in folded]
         self.model = model
         self.graphs = CudaGraphRunner(model) if self.cuda_graph else None
+        self.runner = None
+        if self.backend == "onnxruntime" and self.runner_error is None:
+            from .ort_backend import OrtRunner
+
+            self.runner = OrtRunner(model)
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -129,6 +149,8 @@ class InferenceCopy:
         self._signature = self._current_signature()
         self.stale = False
         self.syncs += 1
+        if self.runner is not None:
+            self.runner.weights_changed()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.stale or self._signature != self._current_signature():
@@ -136,6 +158,16 @@ class InferenceCopy:
             if src and dst and src[0].device != dst[0].device:
                 self.model = None  # moved with .to(device): rebuild there
             self.sync()
+        if self.runner is not None and x.device.type == "cpu":
+            try:
+                with torch.no_grad():
+                    return self.runner(x)
+            except Exception as error:  # the exporter's or onnxruntime's: the copy runs on torch from here on
+                import warnings
+
+                self.runner, self.runner_error = None, f"{type(error).__name__}: {error}"[:500]
+                warnings.warn(f"onnxruntime rollout backend unavailable ({self.runner_error}); running on torch.",
+                              RuntimeWarning, stacklevel=2)
         with torch.inference_mode():
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -41,6 +41,18 @@ def logged_steps(run_dir, tag="time/fps"):
     return sorted(steps)
 
 
+def step_counts(run_dir, tag="time/fps"):
+    """{step: how many TensorBoard points of ``tag`` it has} over the run's event files."""
+    counts = {}
+    for name in os.listdir(run_dir):
+        if name.startswith("events.out.tfevents"):
+            acc = EventAccumulator(os.path.join(run_dir, name))
+            acc.Reload()
+            for event in acc.Scalars(tag) if tag in acc.Tags()["scalars"] else []:
+                counts[event.step] = counts.get(event.step, 0) + 1
+    return counts
+
+
 def test_killed_run_resumes_to_the_same_steps_without_a_gap(tmp_path):
     argv = settings(tmp_path, steps=100_000)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "experiments", "train.py"), *argv], cwd=ROOT,
@@ -163,13 +175,7 @@ def test_a_resume_logs_each_step_once(tmp_path):
 
     shutil.rmtree(next((run_dir / "checkpoints").glob("step_*192")))
     train.main(settings(tmp_path, steps=256) + ["--resume"])  # from step 128: 192 is logged again
-    counts = {}
-    for name in os.listdir(run_dir):
-        if name.startswith("events.out.tfevents"):
-            acc = EventAccumulator(str(run_dir / name))
-            acc.Reload()
-            for event in acc.Scalars("time/fps") if "time/fps" in acc.Tags()["scalars"] else []:
-                counts[event.step] = counts.get(event.step, 0) + 1
+    counts = step_counts(run_dir)
     assert sorted(counts) == [64, 128, 192, 256] and set(counts.values()) == {1}, counts
 
 
@@ -226,12 +232,6 @@ def test_an_attempt_that_died_before_its_first_checkpoint_is_not_logged_twice(tm
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     train.main(settings(tmp_path, steps=128))  # starts afresh in the same folder
-    counts = {}
-    for name in os.listdir(run_dir):
-        if name.startswith("events.out.tfevents"):
-            acc = EventAccumulator(str(run_dir / name))
-            acc.Reload()
-            for event in acc.Scalars("time/fps") if "time/fps" in acc.Tags()["scalars"] else []:
-                counts[event.step] = counts.get(event.step, 0) + 1
+    counts = step_counts(run_dir)
     assert counts == {64: 1, 128: 1}
     assert (run_dir / "progress-until-0.csv").stat().st_size > 0  # the first attempt's rows are kept

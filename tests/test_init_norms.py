@@ -170,23 +170,33 @@ def _norm_types(model):
 
 def test_model_saved_before_issue_21_loads_and_acts_identically():
     """The zip was saved at 90905d6, when the preset used BatchNorm and its kwargs pinned nothing: it rebuilds with
-    today's preset (FrozenBatchNorm2d: the same parameters and statistics, the same eval-mode function) and acts as
+    today's preset (RunningBatchNorm2d: the same parameters and statistics, the same eval-mode function) and acts as
     it did; SB3's custom_objects rebuilds it with BatchNorm exactly as trained, acting the same too."""
     saved = np.load(os.path.join(DATA, "ppo_nano_rl_90905d6.npz"))
     path = os.path.join(DATA, "ppo_nano_rl_90905d6.zip")
     model = PPO.load(path, device="cpu")
     _act(model, saved)
-    assert _norm_types(model) == {"FrozenBatchNorm2d"}
+    assert _norm_types(model) == {"RunningBatchNorm2d"}
     as_trained = rlvision.policy_kwargs("mobilenetv4_nano_rl", norm="bn", init="sb3")
     old = PPO.load(path, device="cpu", custom_objects=dict(policy_kwargs=as_trained))
     _act(old, saved)
     assert _norm_types(old) == {"BatchNorm2d"}
 
 
+def test_model_saved_with_the_frozen_bn_preset_loads_and_acts_identically():
+    """The zip was saved at 90694ce, when the preset used frozen_bn (pinned in its kwargs): it rebuilds with
+    frozen_bn, not today's running_bn, and acts as it did."""
+    saved = np.load(os.path.join(DATA, "ppo_nano_rl_90694ce.npz"))
+    model = PPO.load(os.path.join(DATA, "ppo_nano_rl_90694ce.zip"), device="cpu")
+    assert model.policy_kwargs["features_extractor_kwargs"]["norm"] == "frozen_bn"
+    _act(model, saved)
+    assert _norm_types(model) == {"FrozenBatchNorm2d"}
+
+
 def test_saved_kwargs_pin_the_preset_and_the_init(tmp_path):
     model = _ppo("mobilenetv4_nano_rl")
     kwargs = model.policy_kwargs["features_extractor_kwargs"]
-    assert kwargs["norm"] == "frozen_bn" and kwargs["init"] == "backbone" and kwargs["stem_stride"] == 4
+    assert kwargs["norm"] == "running_bn" and kwargs["init"] == "backbone" and kwargs["stem_stride"] == 4
     model.save(tmp_path / "m.zip")
     loaded = PPO.load(tmp_path / "m.zip", device="cpu")
     assert loaded.policy_kwargs["features_extractor_kwargs"] == kwargs

@@ -347,12 +347,14 @@ class RLPreset(NamedTuple):
 
 # RL presets for 64-96 px frames: a seed variant with these changes. A 4x4 stride-4 stem (as NatureCNN's first
 # layer) puts the blocks on 21x21 -> 6x6 maps instead of 84x84 -> 21x21 (about 1/16 of the activations); residuals
-# where a block keeps its shape; GroupNorm head (works at batch 1). Norm: frozen_bn, a per-channel affine map that
-# folds into the convs and is the same in rollouts and updates (acting = learning); with the family's own init it
-# learned best of bn / frozen_bn / running_bn / brn / gn / ln (issue 21: README "Normalisation in RL",
-# BENCHMARKS.md "Learning v2"). Before issue 21 the presets used norm="bn" (zips saved then rebuild with frozen_bn:
-# same parameters and statistics, same eval-mode function, so they act identically; tests/data).
-_RL = dict(stem_stride=4, norm="frozen_bn", act="relu", residual=True, head_norm="gn")
+# where a block keeps its shape; GroupNorm head (works at batch 1). Norm: running_bn, BatchNorm that normalises
+# with its running statistics in rollouts and updates alike (acting = learning) while the statistics still follow
+# the data; with the family's own init it learned the synthetic task and DoorKey-5x5 above nature_cnn (issue 21:
+# README "Normalisation in RL", BENCHMARKS.md "Learning v2"). History, each kept loadable (tests/data/saved): before
+# issue 21 the presets used norm="bn" and pinned nothing (such zips rebuild with running_bn: same parameters and
+# statistics, the same eval-mode function, so they act identically); issue 21 first shipped frozen_bn, pinned in
+# the saved kwargs, so those zips rebuild with frozen_bn.
+_RL = dict(stem_stride=4, norm="running_bn", act="relu", residual=True, head_norm="gn")
 RL_PRESETS = {
     "mobilenetv4_nano_rl": RLPreset("mobilenetv4_nano", _RL),
     "mobilenetv4_small_rl": RLPreset("mobilenetv4_small", _RL),

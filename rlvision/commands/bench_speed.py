@@ -52,8 +52,10 @@ def alternate(fns: dict[str, callable], rounds: int) -> dict[str, float]:
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
-def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int, device: str = "cpu") -> dict:
-    """Plain eval forward vs the inference path for one encoder, same weights, same observations."""
+def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int, device: str = "cpu",
+                onnxruntime: bool = False) -> dict:
+    """Plain eval forward vs the inference path for one encoder, same weights, same observations (and, with
+    ``onnxruntime``, the inference copy on onnxruntime: ``rollout_backend="onnxruntime"``)."""
     cuda = device.startswith("cuda")
     plain = rlvision.VisionExtractor(space, name, channels_last=False, inference_copy=False).to(device)
     with torch.no_grad():  # give BatchNorm non-trivial running statistics, as after some training
@@ -61,6 +63,8 @@ def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int, device: s
     variants = {"fast": rlvision.VisionExtractor(space, name, cuda_graph=False)}
     if cuda:
         variants["graph"] = rlvision.VisionExtractor(space, name, cuda_graph=True)
+    elif onnxruntime:
+        variants["ort"] = rlvision.VisionExtractor(space, name, rollout_backend="onnxruntime")
     for model in variants.values():
         model.load_state_dict(plain.state_dict())
         model.to(device).train().eval()
@@ -68,6 +72,8 @@ def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int, device: s
     obs = torch.rand(batch, *space.shape, device=device)
     head = torch.randn(plain.features_dim, 6, device=device)  # a random 6-action linear policy head
     with torch.no_grad():
+        if "ort" in variants:  # export once and make the first session before the clock runs
+            variants["ort"](obs)
         times = alternate({"plain": lambda: plain(obs), **{k: (lambda m=m: m(obs)) for k, m in variants.items()}},
                           rounds)
         checks = torch.rand(256, *space.shape, device=device)
@@ -79,6 +85,17 @@ def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int, device: s
     if cuda:
         row.update(cuda_graph_ms=round(times["graph"], 3), graph_ratio=round(times["graph"] / times["plain"], 3),
                    graph_error=variants["graph"]._inference.graph_error or "")
+    if "ort" in variants:
+        ort = variants["ort"]
+        with torch.no_grad():
+            c = ort(checks)
+            ort._inference.mark_stale()  # as after an update: re-sync, then a new session with the new weights
+            resync = timed(lambda: ort(obs))
+        row.update(onnxruntime_ms=round(times["ort"], 3), ort_ratio=round(times["ort"] / times["plain"], 2),
+                   ort_max_abs_diff=f"{(a - c).abs().max().item():.1e}",
+                   ort_same_actions=f"{((a @ head).argmax(1) == (c @ head).argmax(1)).float().mean().item():.3f}",
+                   ort_resync_ms=round(1000 * resync, 1),
+                   ort_export_s=round(ort._inference.runner.seconds["export"], 1))
     row.update(max_abs_diff=f"{(a - b).abs().max().item():.1e}",
                same_actions=f"{((a @ head).argmax(1) == (b @ head).argmax(1)).float().mean().item():.3f}",
                folded_bn=len(fast._inference.folds), resync_ms=round(1000 * timed(fast._inference.sync), 2))
@@ -190,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile formulations")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="CPU: also the inference copy on onnxruntime (rollout_backend='onnxruntime'; needs "
+                             "rlvision[export]), with its re-sync cost after an update and its export time")
     parser.add_argument("--out", default="runs/bench-speed", help='folder for the tables')
     args = parser.parse_args(argv)
     if args.threads:
@@ -200,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rollout = []
     for name in filter(None, args.backbones.split(",")):
-        rollout.append(rollout_row(name, space, args.rollout_batch, args.rounds, args.device))
+        rollout.append(rollout_row(name, space, args.rollout_batch, args.rounds, args.device, args.onnxruntime))
         print(rollout[-1], flush=True)
     training = []
     for name in filter(None, args.train_backbones.split(",")):

@@ -152,3 +152,15 @@ def test_every_covered_algorithm_exports_and_acts_as_sb3(algo, tmp_path):
                                   with_value=algorithm(algo).on_policy, log=lambda *_: None)
     assert report.action_agreement == 1.0
     assert report.max_diff["action"] < (1e-5 if continuous else 0.5)
+
+
+def test_train_exports_at_the_end_of_a_run(tmp_path):
+    from rlvision.commands import train
+
+    values = dict(env="SyntheticPixel-v0", env_kwargs="{size: 36, grid: 3}", n_envs=2, backbone="nature_cnn",
+                  steps=64, checkpoint_every=64, eval_episodes=0, log_dir=str(tmp_path), run_name="r",
+                  hyperparams="{n_steps: 32, batch_size: 32, n_epochs: 1}", export="torchscript")
+    train.main([a for k, v in values.items() for a in ("--set", f"{k}={v}")] + ["--no-progress"])
+    assert (tmp_path / "r" / "policy.pt").is_file()
+    with pytest.raises(SystemExit, match="'export' must be one of"):
+        train.load_config(None, ["export=tflite"])

@@ -36,9 +36,11 @@ from rlvision.runs import check_entry
 DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
                       backbone="mobilenetv4_nano_rl", backbone_kwargs={}, features_dim=256, hyperparams={},
                       steps=50_000, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train",
-                      run_name=None, threads=None, device="auto", normalize_reward=False)
+                      run_name=None, threads=None, device="auto", normalize_reward=False, export=None)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
-RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name")
+RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name",
+                     "export")
+EXPORT_FORMATS = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 
 
 def segment_name(run_dir: str, step: int) -> str:
@@ -90,6 +92,9 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise SystemExit(f"Config key {key!r} must be an int >= {minimum}, got {value!r}.")
+    if config["export"] is not None and config["export"] not in EXPORT_FORMATS:
+        raise SystemExit(f"Config key 'export' must be one of {sorted(EXPORT_FORMATS)} or null, got "
+                         f"{config['export']!r}.")
     for key in ("env_kwargs", "backbone_kwargs", "hyperparams"):
         if not isinstance(config[key], dict):
             raise SystemExit(f"Config key {key!r} must be a mapping (YAML dict), got {config[key]!r}.")
@@ -112,6 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
         check_env_id(cfg["env"])
         check_entry(cfg["backbone"], dict(cfg["backbone_kwargs"]), cfg["algo"], allow_algo_option=False)
         check_hyperparams(cfg["algo"], cfg["hyperparams"])
+        if cfg["export"] == "onnx":
+            import importlib.util
+
+            if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript")):
+                raise ValueError("export: onnx needs onnx, onnxruntime and onnxscript: pip install 'rlvision[export]' "
+                                 "(or export: torchscript).")
     except ValueError as error:
         parser.error(str(error))
 
@@ -182,6 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
     elapsed = time.perf_counter() - start
     model.save(os.path.join(run_dir, "model.tmp.zip"))
     os.replace(os.path.join(run_dir, "model.tmp.zip"), os.path.join(run_dir, "model.zip"))
+
+    if cfg["export"]:  # the policy as one file, checked against the model (rlvision.export)
+        from rlvision.export import export_policy
+
+        export_policy(model, os.path.join(run_dir, EXPORT_FORMATS[cfg["export"]]), format=cfg["export"])
 
     # 4. Final evaluation on the separate env.
     result = dict(run_dir=run_dir, steps=int(model.num_timesteps), seconds=round(elapsed, 1),

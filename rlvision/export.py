@@ -13,9 +13,11 @@ value (actor-critic algorithms), ``logits`` the distribution's parameters. Batch
 dimension is dynamic unless ``batch`` fixes it.
 
 Covered: PPO, A2C, GraphedPPO, TRPO (Discrete, Box, MultiDiscrete actions), MaskablePPO (the action mask is a second
-input, ``action_mask``, bool (B, n)), SAC, TD3, TQC, CrossQ (the actor), DQN and QR-DQN (the greedy action).
-Not yet: RecurrentPPO (LSTM state in and out) and ExecuTorch ``.pte`` files (ExecuTorch 1.5.1's wheel is built
-against another torch release and pulls coremltools/torchao; not verified with torch 2.13).
+input, ``action_mask``, bool (B, n)), RecurrentPPO (inputs ``state_h``, ``state_c`` (layers, B, hidden) and
+``episode_start`` (B,), outputs ``state_h_out``, ``state_c_out``: the actor's LSTM state, reset where an episode
+starts, as SB3 does), SAC, TD3, TQC, CrossQ (the actor), DQN and QR-DQN (the greedy action). Not yet: ExecuTorch
+``.pte`` files (ExecuTorch 1.5.1's wheel is built against another torch release and pulls coremltools/torchao; not
+verified with torch 2.13).
 
 After writing, the file is run (onnxruntime for ONNX, torch for TorchScript) on ``n_check`` observations drawn from
 the observation space (or from an env, ``obs_from``) and compared with the SB3 model: the max difference of every
@@ -37,7 +39,8 @@ from gymnasium import spaces
 from torch import nn
 
 FORMATS = ("onnx", "torchscript", "executorch")
-SUPPORTED = ("ppo", "a2c", "graphedppo", "trpo", "maskableppo", "sac", "td3", "tqc", "crossq", "dqn", "qrdqn")
+SUPPORTED = ("ppo", "a2c", "graphedppo", "trpo", "maskableppo", "recurrentppo", "sac", "td3", "tqc", "crossq", "dqn",
+             "qrdqn")
 
 
 class ExportMismatch(RuntimeError):
@@ -55,10 +58,11 @@ def _folded_policy(model) -> nn.Module:
     from .inference import InferenceCopy
 
     source = model.policy  # rebuilt, not deep-copied: a policy keeps its last distribution (non-leaf tensors)
+    # SB3's constructor parameters leave some keywords out (share_features_extractor, RecurrentPPO's LSTM sizes):
+    # the model's policy_kwargs, as SB3 itself passes them when it builds the policy, fill them in
     params = source._get_constructor_parameters()
-    if "share_features_extractor" not in params and hasattr(source, "share_features_extractor") \
-            and "share_features_extractor" in inspect.signature(type(source)).parameters:
-        params["share_features_extractor"] = source.share_features_extractor  # SB3 leaves it out (TRPO: False)
+    accepted = inspect.signature(type(source)).parameters
+    params.update({k: v for k, v in getattr(model, "policy_kwargs", {}).items() if k in accepted})
     policy = type(source)(**params)
     policy.load_state_dict(source.state_dict())
     policy = policy.to("cpu").eval()
@@ -85,13 +89,13 @@ class _PolicyGraph(nn.Module):
 
         self.algo = _algo_name(model)
         if self.algo not in SUPPORTED:
-            hint = (" (RecurrentPPO's LSTM state is not exported yet)" if self.algo == "recurrentppo" else "")
-            raise ValueError(f"Cannot export {type(model).__name__}{hint}; supported: {', '.join(SUPPORTED)}.")
+            raise ValueError(f"Cannot export {type(model).__name__}; supported: {', '.join(SUPPORTED)}.")
         self.policy = _folded_policy(model)
         self.space = model.observation_space
         self.keys = list(self.space.spaces) if isinstance(self.space, spaces.Dict) else None
         self.with_value, self.logits = with_value, logits
         self.masked = self.algo == "maskableppo"
+        self.recurrent = self.algo == "recurrentppo"  # the actor's LSTM state in and out, episode starts in
         action_space = model.action_space
         box = isinstance(action_space, spaces.Box)
         if box:
@@ -100,9 +104,9 @@ class _PolicyGraph(nn.Module):
         # SB3's ActorCriticPolicy and sb3-contrib's MaskableActorCriticPolicy (not a subclass; same parts)
         self.actor_critic = isinstance(self.policy, ActorCriticPolicy) or all(
             hasattr(self.policy, part) for part in ("mlp_extractor", "action_net", "value_net"))
-        if with_value and not self.actor_critic:
-            raise ValueError(f"with_value: {type(model).__name__} has no state-value critic; export without it "
-                             f"(Q values of SAC/TD3 critics are not exported).")
+        if with_value and (not self.actor_critic or self.recurrent):
+            raise ValueError(f"with_value: {type(model).__name__} has no state-value critic to export; export "
+                             f"without it (Q values of SAC/TD3 critics and RecurrentPPO's value are not exported).")
         if self.actor_critic:
             dist = self.policy.action_dist
             if isinstance(dist, CategoricalDistribution) or type(dist).__name__ == "MaskableCategoricalDistribution":
@@ -127,10 +131,17 @@ class _PolicyGraph(nn.Module):
             raise ValueError(f"logits: {type(model).__name__} acts greedily on Q values; export without --logits.")
 
     def input_names(self) -> list[str]:
-        return (list(self.keys) if self.keys else ["obs"]) + (["action_mask"] if self.masked else [])
+        return ((list(self.keys) if self.keys else ["obs"]) + (["action_mask"] if self.masked else [])
+                + (["state_h", "state_c", "episode_start"] if self.recurrent else []))
+
+    def batch_axes(self) -> list[int]:
+        """The batch axis of each input (the LSTM state is (layers, batch, hidden))."""
+        return [1 if name in ("state_h", "state_c") else 0 for name in self.input_names()]
 
     def output_names(self) -> list[str]:
         names = ["action"] + (["value"] if self.with_value else [])
+        if self.recurrent:
+            names += ["state_h_out", "state_c_out"]
         if self.logits:
             names += ["mean", "log_std"] if self.kind in ("gaussian", "squashed") else (
                 ["mu"] if self.kind == "td3" else ["logits"])
@@ -143,6 +154,21 @@ class _PolicyGraph(nn.Module):
         obs = dict(zip(self.keys, inputs)) if self.keys else inputs[0]
         p = self.policy
         out: list[torch.Tensor] = []
+        if self.recurrent:  # one step of the actor's LSTM, its state reset where an episode starts (as SB3)
+            h, c, start = inputs[-3:]
+            features = p.extract_features(obs)
+            pi_features = features if p.share_features_extractor else features[0]
+            keep = (1.0 - start.to(h.dtype)).view(1, -1, 1)
+            hidden, (h, c) = p.lstm_actor(pi_features.unsqueeze(0), (keep * h, keep * c))
+            latent_pi = p.mlp_extractor.forward_actor(hidden.squeeze(0))
+            params = p.action_net(latent_pi)
+            out.append(params.argmax(dim=1) if self.kind == "categorical" else
+                       torch.clamp(params, self.low, self.high) if self.kind == "gaussian" else
+                       torch.stack([part.argmax(dim=1) for part in torch.split(params, self.action_dims, dim=1)], 1))
+            out += [h, c]
+            if self.logits:
+                out += [params, p.log_std.expand_as(params)] if self.kind == "gaussian" else [params]
+            return tuple(out)
         if self.actor_critic:
             features = p.extract_features(obs)
             if p.share_features_extractor:
@@ -206,6 +232,11 @@ def _sample_inputs(model, n: int, obs_from: str | None, seed: int = 0) -> list[n
         stacked = ({k: np.stack([s[k] for s in samples]) for k in space.spaces} if isinstance(space, spaces.Dict)
                    else np.stack(samples))
     inputs = [stacked[k] for k in space.spaces] if isinstance(space, spaces.Dict) else [stacked]
+    if _algo_name(model) == "recurrentppo":
+        rng = np.random.default_rng(seed)
+        layers, _, hidden = model.policy.lstm_hidden_state_shape
+        inputs += [rng.standard_normal((layers, n, hidden)).astype(np.float32) for _ in range(2)]
+        inputs.append((rng.random(n) < 0.3).astype(np.float32))
     if _algo_name(model) == "maskableppo":
         rng = np.random.default_rng(seed)
         masks = rng.random((n, int(model.action_space.n))) < 0.6
@@ -219,22 +250,29 @@ def _reference(model, inputs: list[np.ndarray], graph: _PolicyGraph) -> list[np.
     space = model.observation_space
     obs = dict(zip(space.spaces, inputs)) if isinstance(space, spaces.Dict) else inputs[0]
     kwargs = dict(action_masks=inputs[-1]) if graph.masked else {}
-    action, _ = model.predict(obs, deterministic=True, **kwargs)
+    if graph.recurrent:
+        kwargs = dict(state=(inputs[-3], inputs[-2]), episode_start=inputs[-1].astype(bool))
+    action, state = model.predict(obs, deterministic=True, **kwargs)
     out = [np.asarray(action)]
+    if graph.recurrent:
+        return out + [np.asarray(state[0]), np.asarray(state[1])]
     if graph.with_value:
         with torch.no_grad():
             out.append(model.policy.predict_values(model.policy.obs_to_tensor(obs)[0]).cpu().numpy())
     return out
 
 
-def _run_file(path: str, fmt: str, inputs: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
+def _run_file(path: str, fmt: str, inputs: list[np.ndarray], graph: "_PolicyGraph") -> dict[str, np.ndarray]:
+    """The file's outputs by name (a TorchScript file's are positional: ``graph`` names them)."""
     if fmt == "onnx":
         session = OnnxPolicy._session(path)
-        return session.run(None, dict(zip(names, inputs)))
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(None, dict(zip(graph.input_names(), inputs)))))
     if fmt == "torchscript":
         module = torch.jit.load(path, map_location="cpu")
         with torch.no_grad():
-            return [t.numpy() for t in module(*[torch.as_tensor(x) for x in inputs])]
+            outputs = module(*[torch.as_tensor(x) for x in inputs])
+        return {name: t.numpy() for name, t in zip(graph.output_names(), outputs)}
     raise ValueError(f"format {fmt!r}: choose one of onnx, torchscript.")
 
 
@@ -255,17 +293,23 @@ class ExportReport:
 
 
 def verify(model, path: str, format: str | None = None, n_check: int = 32, obs_from: str | None = None,
-           with_value: bool = False, atol: float = 1e-4) -> ExportReport:
+           with_value: bool = False, atol: float = 1e-4, logits: bool = False) -> ExportReport:
     """Run the exported file on ``n_check`` observations and compare with the SB3 model (see the module doc).
     Raises :class:`ExportMismatch` with the numbers when an action differs (continuous actions: by more than
     ``atol``) or the value by more than ``atol`` (relative to its scale)."""
     fmt = format or _format_of(path)
-    graph = _PolicyGraph(model, with_value, False)
+    graph = _PolicyGraph(model, with_value, logits)
     inputs = _sample_inputs(model, n_check, obs_from)
-    got = _run_file(path, fmt, inputs, graph.input_names())
+    outputs = _run_file(path, fmt, inputs, graph)
     want = _reference(model, inputs, graph)
     diffs, agreement = {}, 1.0
-    for name, g, w in zip(graph.output_names(), got, want):
+    names = [n for n in graph.output_names() if n not in ("mean", "log_std", "mu", "logits")]
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise ExportMismatch(f"{path} has no output {missing} (it has {sorted(outputs)}): it was exported with other "
+                             f"options (--with-value, or another model); export it again.")
+    for name, w in zip(names, want):
+        g = outputs[name]
         g, w = np.asarray(g).reshape(np.shape(w)), np.asarray(w)
         diffs[name] = float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))) if w.size else 0.0
         if name == "action":
@@ -273,7 +317,8 @@ def verify(model, path: str, format: str | None = None, n_check: int = 32, obs_f
             agreement = float(np.mean(close.reshape(len(w), -1).all(axis=1)))
     report = ExportReport(path, fmt, n_check, diffs, agreement)
     scale = max(1.0, float(np.max(np.abs(want[1])))) if with_value else 1.0
-    if agreement < 1.0 or (with_value and diffs["value"] > atol * scale):
+    states_off = graph.recurrent and max(diffs["state_h_out"], diffs["state_c_out"]) > atol
+    if agreement < 1.0 or (with_value and diffs["value"] > atol * scale) or states_off:
         raise ExportMismatch(f"{report}. The exported graph does not act as the SB3 model; please report it with the "
                              f"model's algorithm, backbone and spaces.")
     return report
@@ -314,7 +359,7 @@ def export_policy(model, path: str, format: str = "onnx", batch: int | None = No
                 torch.jit.save(torch.jit.trace(graph, tuple(example), check_trace=False), tmp)
         report = None
         if check:
-            report = verify(model, tmp, format, n_check, obs_from, with_value)
+            report = verify(model, tmp, format, n_check, obs_from, with_value, logits=logits)
             report.path = path
             log(str(report))
         os.replace(tmp, path)
@@ -335,7 +380,7 @@ def _onnx_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, ba
     dynamic = None
     if batch is None:
         dim = torch.export.Dim("batch", min=1, max=1 << 16)
-        dynamic = (tuple({0: dim} for _ in example),)  # forward(*inputs): one entry, the tuple of inputs
+        dynamic = (tuple({axis: dim} for axis in graph.batch_axes()),)  # forward(*inputs): the tuple of inputs
     kwargs = dict(dynamo=True, input_names=graph.input_names(), output_names=graph.output_names(),
                   dynamic_shapes=dynamic, external_data=False, verbose=False)
     if opset is not None:
@@ -349,15 +394,17 @@ def _onnx_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, ba
 
 class OnnxPolicy:
     """An exported ONNX policy with SB3's ``predict`` signature: ``predict(obs, state=None, episode_start=None,
-    deterministic=True) -> (action, None)``, for single or batched observations (channel-last frames are transposed
-    as SB3 does), so ``stable_baselines3.common.evaluation.evaluate_policy(OnnxPolicy(path), env)`` runs it.
-    ``action_masks=`` for a MaskablePPO export. Needs onnxruntime."""
+    deterministic=True) -> (action, None)`` (RecurrentPPO: ``(action, (h, c))``), for single or batched
+    observations (channel-last frames are transposed as SB3 does), so SB3's
+    ``evaluate_policy(OnnxPolicy(path), env)`` runs it. ``action_masks=`` for a MaskablePPO export. Needs onnxruntime."""
 
     def __init__(self, path: str, threads: int | None = None):
         self.path = path
         self.session = self._session(path, threads)
         self.inputs = [(i.name, i.shape) for i in self.session.get_inputs()]
-        self.masked = self.inputs[-1][0] == "action_mask"
+        names = [n for n, _ in self.inputs]
+        self.masked = "action_mask" in names
+        self.recurrent = "state_h" in names
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     @staticmethod
@@ -391,10 +438,9 @@ class OnnxPolicy:
                 action_masks: np.ndarray | None = None) -> tuple[np.ndarray, None]:
         if not deterministic:
             raise ValueError("An exported policy acts deterministically; call predict(..., deterministic=True).")
-        names = [n for n, _ in self.inputs if n != "action_mask"]
         feeds, single = {}, False
         for name, shape in self.inputs:
-            if name == "action_mask":
+            if name in ("action_mask", "state_h", "state_c", "episode_start"):
                 continue
             value = observation[name] if isinstance(observation, dict) else observation
             feeds[name], single = self._prepare(value, shape)
@@ -403,7 +449,17 @@ class OnnxPolicy:
                 raise ValueError(f"{self.path} is a MaskablePPO policy: pass action_masks= (bool, (n_envs, n)).")
             masks = np.asarray(action_masks, dtype=bool)
             feeds["action_mask"] = masks[None] if masks.ndim == 1 else masks
-        del names
+        if self.recurrent:  # SB3's RecurrentPPO.predict: zero state and no episode start unless given
+            n = 1 if single else len(next(iter(feeds.values())))
+            layers, hidden = self.inputs[-3][1][0], self.inputs[-3][1][2]
+            if state is None:
+                zeros = np.zeros((layers, n, hidden), dtype=np.float32)
+                state = (zeros, zeros)
+            starts = np.zeros(n, dtype=np.float32) if episode_start is None else np.asarray(episode_start, np.float32)
+            feeds.update(state_h=np.asarray(state[0], np.float32), state_c=np.asarray(state[1], np.float32),
+                         episode_start=starts.reshape(n))
+            action, h, c = self.session.run(["action", "state_h_out", "state_c_out"], feeds)
+            return (action[0] if single else action), (h, c)
         action = self.session.run(["action"], feeds)[0]
         return (action[0] if single else action), None
 
@@ -440,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{zip_path}: cannot load it as {algo} ({error}); pass the right --algo.")
     try:
         if args.check_only:
-            print(verify(model, args.model, None, args.n_check, args.obs_from, args.with_value))
+            print(verify(model, args.model, None, args.n_check, args.obs_from, args.with_value, logits=args.logits))
             return
         out = args.out or os.path.splitext(zip_path)[0] + (".onnx" if args.format == "onnx" else ".pt")
         export_policy(model, out, args.format, args.batch, args.opset, args.with_value, args.logits,

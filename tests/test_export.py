@@ -108,15 +108,30 @@ def test_unsupported_and_bad_input_are_named(tmp_path):
     (tmp_path / "junk.onnx").write_text("not a model")
     with pytest.raises(ValueError, match="junk.onnx.*export it again"):
         export.OnnxPolicy(str(tmp_path / "junk.onnx"))
+    with pytest.raises(ValueError, match="Cannot export ARS; supported: ppo"):  # an algorithm not covered
+        export._PolicyGraph(type("ARS", (), dict(policy=None, observation_space=None))(), False, False)
+
+
+def test_recurrent_ppo_exports_with_its_lstm_state_in_and_out(tmp_path):
     pytest.importorskip("sb3_contrib")
-    from sb3_contrib import RecurrentPPO
-
-    from rlvision import policy_kwargs
-
-    env = make_env("SyntheticPixel-v0", n_envs=1, env_kwargs=SMALL)
-    lstm = RecurrentPPO("CnnLstmPolicy", env, policy_kwargs=policy_kwargs("nature_cnn", algo="recurrentppo"))
-    with pytest.raises(ValueError, match="RecurrentPPO.*LSTM.*supported: ppo"):
-        export.export_policy(lstm, str(tmp_path / "r.onnx"))
+    env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=SMALL)
+    model = make_agent("recurrentppo", env, backbone="nature_cnn", seed=0, n_steps=16, batch_size=32, n_epochs=1)
+    model.learn(64)
+    path = str(tmp_path / "lstm.onnx")
+    report = export.export_policy(model, path, log=lambda *_: None)
+    assert report.action_agreement == 1.0 and report.max_diff["state_h_out"] < 1e-4
+    policy = export.OnnxPolicy(path)
+    obs = env.reset()
+    state, starts = None, np.ones(2, dtype=bool)
+    ours, sb3 = None, None
+    for _ in range(4):  # a few steps with the state carried along, both ways
+        ours_action, ours = policy.predict(obs, state=ours, episode_start=starts)
+        sb3_action, sb3 = model.predict(obs, state=sb3, episode_start=starts, deterministic=True)
+        np.testing.assert_array_equal(ours_action, sb3_action)
+        np.testing.assert_allclose(ours[0], sb3[0], atol=1e-5)
+        obs, _, dones, _ = env.step(sb3_action)
+        starts = dones
+    del state
 
 
 def test_command_exports_and_rechecks(tmp_path, capsys):

@@ -396,7 +396,8 @@ class OnnxPolicy:
     """An exported ONNX policy with SB3's ``predict`` signature: ``predict(obs, state=None, episode_start=None,
     deterministic=True) -> (action, None)`` (RecurrentPPO: ``(action, (h, c))``), for single or batched
     observations (channel-last frames are transposed as SB3 does), so SB3's
-    ``evaluate_policy(OnnxPolicy(path), env)`` runs it. ``action_masks=`` for a MaskablePPO export. Needs onnxruntime."""
+    ``evaluate_policy(OnnxPolicy(path), env)`` runs it. ``action_masks=`` for a MaskablePPO export.
+    Needs onnxruntime."""
 
     def __init__(self, path: str, threads: int | None = None):
         self.path = path

@@ -349,7 +349,12 @@ def export_policy(model, path: str, format: str = "onnx", batch: int | None = No
     graph = _PolicyGraph(model, with_value, logits).eval()
     example = [torch.as_tensor(x) for x in _sample_inputs(model, batch or 2, None)]
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot write {path}: cannot create its folder ({error}); choose another --out.") from error
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"Cannot write {path}: its folder {folder} is not writable; choose another --out.")
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}{os.path.splitext(path)[1]}")
     try:
         with torch.no_grad():
@@ -407,6 +412,9 @@ class OnnxPolicy:
         self.masked = "action_mask" in names
         self.recurrent = "state_h" in names
         self.outputs = [o.name for o in self.session.get_outputs()]
+        types = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(bool)": np.bool_,
+                 "tensor(int64)": np.int64}
+        self.dtypes = {i.name: types.get(i.type, np.float32) for i in self.session.get_inputs()}
 
     @staticmethod
     def _session(path: str, threads: int | None = None):
@@ -425,7 +433,7 @@ class OnnxPolicy:
             raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again with "
                              f"`rlvision export MODEL.zip --out {path}`.") from error
 
-    def _prepare(self, x: np.ndarray, shape) -> tuple[np.ndarray, bool]:
+    def _prepare(self, x: np.ndarray, shape, name: str) -> tuple[np.ndarray, bool]:
         want = tuple(shape[1:])
         x = np.asarray(x)
         single = x.ndim == len(want)
@@ -433,6 +441,12 @@ class OnnxPolicy:
             x = x[None]
         if tuple(x.shape[1:]) != want and len(want) == 3 and tuple(x.shape[1:]) == (want[1], want[2], want[0]):
             x = np.transpose(x, (0, 3, 1, 2))  # channel-last frames, as SB3's predict transposes them
+        fixed = [d for d in want if isinstance(d, int)]
+        if x.ndim != len(want) + 1 or [d for d, w in zip(x.shape[1:], want) if isinstance(w, int)] != fixed:
+            raise ValueError(f"{self.path}: input {name!r} wants observations of shape {want} (or a batch of them), "
+                             f"got {np.shape(x)}; pass what the env the policy was trained on returns.")
+        if x.dtype != self.dtypes[name]:
+            x = x.astype(self.dtypes[name])
         return np.ascontiguousarray(x), single
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True,
@@ -444,7 +458,7 @@ class OnnxPolicy:
             if name in ("action_mask", "state_h", "state_c", "episode_start"):
                 continue
             value = observation[name] if isinstance(observation, dict) else observation
-            feeds[name], single = self._prepare(value, shape)
+            feeds[name], single = self._prepare(value, shape, name)
         if self.masked:
             if action_masks is None:
                 raise ValueError(f"{self.path} is a MaskablePPO policy: pass action_masks= (bool, (n_envs, n)).")

@@ -179,3 +179,25 @@ def test_train_exports_at_the_end_of_a_run(tmp_path):
     assert (tmp_path / "r" / "policy.pt").is_file()
     with pytest.raises(SystemExit, match="'export' must be one of"):
         train.load_config(None, ["export=tflite"])
+
+
+def test_bad_files_paths_and_observations_are_named(tmp_path):
+    model, env = trained("ppo")
+    path = str(tmp_path / "p.onnx")
+    export.export_policy(model, path, log=lambda *_: None)
+    policy = export.OnnxPolicy(path)
+    with pytest.raises(ValueError, match=r"wants observations of shape \(3, 36, 36\).*got \(2, 3, 40, 40\)"):
+        policy.predict(np.zeros((2, 3, 40, 40), dtype=np.uint8))
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked").chmod(0o500)
+    try:
+        if not os.access(tmp_path / "locked", os.W_OK):  # (root may write anywhere)
+            with pytest.raises(ValueError, match="not writable; choose another --out"):
+                export.export_policy(model, str(tmp_path / "locked" / "p.onnx"))
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    (tmp_path / "notes.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip, not an SB3 model
+    with pytest.raises(SystemExit) as error:
+        cli(["export", str(tmp_path / "notes.zip"), "--algo", "ppo"])
+    assert error.value.code == 2
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]

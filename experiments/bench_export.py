@@ -27,7 +27,8 @@ from rlvision.envs import make_env
 from rlvision.export import OnnxPolicy, export_policy
 from rlvision.stats import markdown_table
 
-SMALL = "nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl"
+SMALL = ("nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,"
+         "conformer_rl")
 
 
 def logits_diff(model, onnx_path: str, n: int = 256) -> float:

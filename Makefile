@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned (constraints.txt): an unpinned torch pulls several GB of CUDA packages
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[all]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[all,executorch]"
 	touch $(STAMP)
 
 setup: $(STAMP)

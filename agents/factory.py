@@ -47,7 +47,9 @@ def policy_name(algo: str, observation_space: spaces.Space) -> str:
     return algorithm(algo).policy_for(isinstance(observation_space, spaces.Dict))
 
 # RL Zoo's Atari settings for PPO/A2C/DQN; SAC/TD3 follow its image (CarRacing-style) settings, with a buffer sized
-# for 2-core / 24 GiB machines.
+# for 2-core / 24 GiB machines. SAC's and TQC's entropy coefficient starts at 0.01, not SB3's 1.0: with returns of
+# order 1 and an episode that ends on success, a large entropy bonus per step pays the agent to avoid the goal, and
+# SAC from pixels never learned the synthetic task (BENCHMARKS.md "SAC from pixels"); it is still tuned ("auto").
 _PPO = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5, ent_coef=0.01)
 _DQN = dict(buffer_size=100_000, learning_rate=1e-4, batch_size=32, learning_starts=100_000,
             target_update_interval=1000, train_freq=4, gradient_steps=1, exploration_fraction=0.1,
@@ -59,14 +61,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "graphedppo": dict(_PPO),
     "a2c": dict(n_steps=5, learning_rate=7e-4, vf_coef=0.25, ent_coef=0.01),
     "dqn": dict(_DQN),
-    "sac": dict(_SAC, ent_coef="auto"),
+    "sac": dict(_SAC, ent_coef="auto_0.01"),
     "td3": dict(_SAC, learning_rate=1e-3),
     # sb3-contrib: RL Zoo's Atari settings where it has them (RecurrentPPO, QR-DQN), else the nearest SB3 algorithm's
     "recurrentppo": dict(_PPO),
     "maskableppo": dict(_PPO),
     "trpo": dict(n_steps=128, batch_size=256, learning_rate=1e-3),
     "qrdqn": dict(_DQN, exploration_fraction=0.025),
-    "tqc": dict(_SAC, ent_coef="auto"),
+    "tqc": dict(_SAC, ent_coef="auto_0.01"),
     "crossq": dict(_SAC, learning_rate=1e-3),
 }
 

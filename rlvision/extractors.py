@@ -77,6 +77,23 @@ class SpatialPool(nn.Module):
         return channels * h * w
 
 
+# what follows pool+Linear: SB3's NatureCNN convention, or SAC-AE's / DrQ-v2's trunk
+HEADS = ("relu", "layernorm")
+
+
+def make_head(in_features: int, features_dim: int, head: str = "relu") -> nn.Sequential:
+    """pool output (B, in_features) -> (B, features_dim).
+
+    ``"relu"``: Linear -> ReLU (SB3's NatureCNN). ``"layernorm"``: Linear -> LayerNorm -> Tanh, the trunk SAC-AE
+    (Yarats et al. 2019) and DrQ-v2 put between the convolutions and the actor/critic MLPs: it keeps the features at
+    unit scale whatever the encoder's output scale. State-dict keys: ``0.*`` the Linear (both), ``1.*`` the
+    LayerNorm.
+    """
+    if head == "relu":
+        return nn.Sequential(nn.Linear(in_features, features_dim), nn.ReLU())
+    return nn.Sequential(nn.Linear(in_features, features_dim), nn.LayerNorm(features_dim), nn.Tanh())
+
+
 class EncoderParts:
     """The parts of an image encoder, shared by :class:`Encoder` (a plain module) and :class:`VisionExtractor` (SB3):
     observation pipeline (augmentation in training only, super-resolution stage, ImageNet normalisation, memory
@@ -88,8 +105,10 @@ class EncoderParts:
     def build_parts(image_shape: tuple[int, int, int], backbone: str, features_dim: int | None, pool, preprocess,
                     preprocess_kwargs, preprocess_weights, freeze_preprocess: bool, channels_last, pretrained,
                     pretrained_frames: str, imagenet_norm, freeze_backbone: bool, backbone_lr_scale: float,
-                    augment_shift: int, init: str | None, backbone_kwargs: dict) -> dict[str, Any]:
+                    augment_shift: int, init: str | None, backbone_kwargs: dict, head: str = "relu") -> dict[str, Any]:
         """The parts as a dict (modules not yet attached): see :class:`VisionExtractor` for the options."""
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS} (the layer after pool+Linear), got {head!r}.")
         info = backbone_info(backbone)
         init = resolve_init(backbone, init)
         channels, height, width = image_shape
@@ -113,7 +132,7 @@ class EncoderParts:
                     features_dim=features_dim, pool=pool, freeze_preprocess=freeze_preprocess,
                     channels_last=channels_last, pretrained=pretrained, pretrained_frames=pretrained_frames,
                     imagenet_norm=imagenet_norm, freeze_backbone=freeze_backbone,
-                    backbone_lr_scale=backbone_lr_scale, augment_shift=augment_shift)
+                    backbone_lr_scale=backbone_lr_scale, augment_shift=augment_shift, head=head)
 
     def _attach_parts(self, parts: dict[str, Any]) -> None:
         """Register the parts on this module (in the order that keeps RNG draws and state_dict order as before)."""
@@ -145,7 +164,8 @@ class EncoderParts:
             self.pool = SpatialPool(info.default_pool if pool is None else pool, *map_shape[1:])
             n_features = self.pool.out_features(*map_shape)
         features_dim = parts["features_dim"]
-        self.linear = nn.Sequential(nn.Linear(n_features, features_dim), nn.ReLU()) if features_dim else nn.Identity()
+        self.head = parts["head"]
+        self.linear = make_head(n_features, features_dim, self.head) if features_dim else nn.Identity()
         self.out_features = features_dim or n_features
         channels_last = parts["channels_last"]
         self.channels_last = info.family in CHANNELS_LAST_FAMILIES if channels_last is None else channels_last
@@ -189,7 +209,7 @@ class Encoder(EncoderParts, nn.Module):
                  freeze_preprocess: bool = True, channels_last: bool | None = None, pretrained: str | None = None,
                  pretrained_frames: str = "auto", imagenet_norm: bool | None = None, freeze_backbone: bool = False,
                  backbone_lr_scale: float = 1.0, augment_shift: int = 0, init: str | None = None,
-                 **backbone_kwargs: Any):
+                 head: str = "relu", **backbone_kwargs: Any):
         if features_dim is not None:
             check_int("features_dim", features_dim)
         check_keywords(backbone_kwargs, accepted_keywords(backbone_info(backbone).builder),
@@ -197,7 +217,7 @@ class Encoder(EncoderParts, nn.Module):
         parts = self.build_parts(tuple(image_shape), backbone, features_dim, pool, preprocess, preprocess_kwargs,
                                  preprocess_weights, freeze_preprocess, channels_last, pretrained, pretrained_frames,
                                  imagenet_norm, freeze_backbone, backbone_lr_scale, augment_shift, init,
-                                 backbone_kwargs)
+                                 backbone_kwargs, head)
         nn.Module.__init__(self)
         self._attach_parts(parts)
 
@@ -266,6 +286,9 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
         ``default_init`` ("sb3" for nature_cnn, "backbone" for every other family; BENCHMARKS.md "Learning v2").
         Only construction is affected (a loaded model gets its saved weights); a pretrained backbone is never
         re-initialised.
+    :param head: what follows pool+Linear: ``"relu"`` (default: ReLU, SB3's NatureCNN convention) or
+        ``"layernorm"`` (LayerNorm + Tanh, the SAC-AE / DrQ-v2 trunk, which keeps the features at unit scale). For
+        SAC on the synthetic task it did not beat ReLU (BENCHMARKS.md "SAC from pixels"), so it is an option.
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
 
@@ -283,7 +306,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
                  compile: bool = False, cuda_graph: bool = True, pretrained: str | None = None,
                  pretrained_frames: str = "auto", imagenet_norm: bool | None = None, freeze_backbone: bool = False,
                  backbone_lr_scale: float = 1.0, augment_shift: int = 0, init: str | None = None,
-                 rollout_backend: str = "torch", **backbone_kwargs: Any):
+                 rollout_backend: str = "torch", head: str = "relu", **backbone_kwargs: Any):
         check_image_space(observation_space, normalized_image)
         check_int("features_dim", features_dim)
         check_keywords(backbone_kwargs, accepted_keywords(backbone_info(backbone).builder),
@@ -291,7 +314,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
         parts = EncoderParts.build_parts(  # built before the module: the RNG is drawn in the same order as ever
             tuple(observation_space.shape), backbone, features_dim, pool, preprocess, preprocess_kwargs,
             preprocess_weights, freeze_preprocess, channels_last, pretrained, pretrained_frames, imagenet_norm,
-            freeze_backbone, backbone_lr_scale, augment_shift, init, backbone_kwargs)
+            freeze_backbone, backbone_lr_scale, augment_shift, init, backbone_kwargs, head)
         super().__init__(observation_space, features_dim)
         self.register_load_state_dict_pre_hook(VisionExtractor._before_load)
         self.register_load_state_dict_post_hook(VisionExtractor._after_load)
@@ -517,6 +540,8 @@ def policy_kwargs(backbone: str = "mobilenetv4_nano_rl", algo: str = "ppo", feat
     # pinned: the init and the registered settings of the backbone (a preset's norm, widths, ...) go into the saved
     # model's kwargs, so a zip keeps rebuilding what it was trained with when a preset's defaults change later
     pinned = {**info.defaults, **backbone_kwargs, "init": resolve_init(backbone, backbone_kwargs.get("init"))}
+    if pinned.get("head", "relu") not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {pinned['head']!r}.")
     kwargs: dict[str, Any] = dict(
         features_extractor_class=extractor,
         features_extractor_kwargs=dict(backbone=backbone, features_dim=features_dim, normalized_image=normalized_image,

@@ -1,15 +1,18 @@
-"""Export every small backbone's PPO policy (4x84x84 Atari frames) to ONNX and TorchScript and time each way of
-running it (BENCHMARKS.md "Export and onnxruntime rollouts"; issue 22's targets).
+"""Export every small backbone's PPO policy (4x84x84 Atari frames) to ONNX, TorchScript and ExecuTorch and time each
+way of running it (BENCHMARKS.md "Export and onnxruntime rollouts"; issue 22's targets).
 
     python experiments/bench_export.py                      # every small backbone, ~10 minutes on 2 cores
     python experiments/bench_export.py --backbones nature_cnn,mobilenetv4_nano_rl --rounds 20
 
 Per backbone (an untrained PPO policy on ALE/Pong-v5's 4x84x84 frames, seed 0):
-1. Export to ONNX (with the distribution's logits) and TorchScript; the check on 256 observations: action agreement
-   and the max difference of the (normalised) logits against SB3; the file sizes.
+1. Export to ONNX (with the distribution's logits), TorchScript and ExecuTorch (XNNPACK, batch 1 and 8: a .pte has
+   a fixed batch); the check on 256 observations: action agreement and the max difference of the (normalised)
+   logits against SB3; the file sizes.
 2. Latency of one deterministic action, batch 1 and batch 8, with 1 and 2 threads, medians of alternated calls:
    SB3's predict on the plain policy (no inference copy), SB3's predict through rlvision's inference copy, and the
-   exported file on onnxruntime (``OnnxPolicy.predict``). ExecuTorch: not measured (README "Export").
+   exported file on onnxruntime (``OnnxPolicy.predict``) and on ExecuTorch's runtime (``ExecuTorchPolicy.predict``
+   on the .pte of that batch; its XNNPACK thread pool set to the thread count). Without executorch installed its
+   columns say n/a.
 Prints markdown tables and writes them to ``<out>/export.md``.
 """
 
@@ -24,7 +27,7 @@ import torch
 import rlvision
 from rlvision.agents import make_agent
 from rlvision.envs import make_env
-from rlvision.export import OnnxPolicy, export_policy
+from rlvision.export import ExecuTorchPolicy, OnnxPolicy, export_policy
 from rlvision.stats import markdown_table
 
 SMALL = ("nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,"
@@ -63,6 +66,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     env = make_env("ALE/Pong-v5", n_envs=1, seed=0)
+    try:
+        import executorch.extension.pybindings.portable_lib as executorch
+    except ImportError:
+        executorch = None
+        print("executorch is not installed (pip install 'rlvision[executorch]'): its columns say n/a")
     files, latency = [], []
     for name in args.backbones.split(","):
         model = make_agent("ppo", env, backbone=name, seed=0, device="cpu")
@@ -71,15 +79,26 @@ def main(argv=None):
         report = export_policy(model, onnx_path, logits=True, n_check=256, log=lambda *_: None)
         seconds = time.perf_counter() - start
         ts = export_policy(model, ts_path, format="torchscript", n_check=256, log=lambda *_: None)
+        pte = {}
+        if executorch:
+            for batch in (1, 8):
+                pte[batch] = os.path.join(args.out, f"{name}-b{batch}.pte")
+                et = export_policy(model, pte[batch], format="executorch", batch=batch, n_check=256,
+                                   log=lambda *_: None)
         files.append(dict(backbone=name, action_agreement=f"{report.action_agreement:.1%}",
                           max_logit_diff=f"{logits_diff(model, onnx_path):.1e}",
                           onnx_kb=os.path.getsize(onnx_path) // 1024, torchscript_kb=os.path.getsize(ts_path) // 1024,
-                          torchscript_agreement=f"{ts.action_agreement:.1%}", onnx_export_s=round(seconds, 1)))
+                          torchscript_agreement=f"{ts.action_agreement:.1%}",
+                          executorch_kb=os.path.getsize(pte[1]) // 1024 if pte else "n/a",
+                          executorch_agreement=f"{et.action_agreement:.1%}" if pte else "n/a",
+                          onnx_export_s=round(seconds, 1)))
         print(files[-1], flush=True)
         extractor = model.policy.features_extractor
         for threads in (1, 2):
             torch.set_num_threads(threads)
             onnx = OnnxPolicy(onnx_path, threads=threads)
+            if executorch:
+                executorch._unsafe_reset_threadpool(threads)
             for batch in (1, 8):
                 obs = np.stack([model.observation_space.sample() for _ in range(batch)])
 
@@ -88,15 +107,18 @@ def main(argv=None):
                         extractor.inference_copy_active = active
                         model.predict(obs, deterministic=True)
                     return run
-                times = alternate({"plain": sb3(False), "copy": sb3(True), "ort": lambda: onnx.predict(obs)},
-                                  args.rounds)
+                fns = {"plain": sb3(False), "copy": sb3(True), "ort": lambda: onnx.predict(obs)}
+                if executorch:
+                    fns["et"] = (lambda policy: lambda: policy.predict(obs))(ExecuTorchPolicy(pte[batch]))
+                times = alternate(fns, args.rounds)
                 fastest = min(times, key=times.get)
                 latency.append(dict(backbone=name, threads=threads, batch=batch,
                                     sb3_predict_ms=round(times["plain"], 3),
                                     inference_copy_ms=round(times["copy"], 3),
-                                    onnxruntime_ms=round(times["ort"], 3), executorch_ms="n/a",
-                                    fastest={"plain": "SB3 plain", "copy": "inference copy",
-                                             "ort": "onnxruntime"}[fastest]))
+                                    onnxruntime_ms=round(times["ort"], 3),
+                                    executorch_ms=round(times["et"], 3) if "et" in times else "n/a",
+                                    fastest={"plain": "SB3 plain", "copy": "inference copy", "ort": "onnxruntime",
+                                             "et": "ExecuTorch"}[fastest]))
                 print(latency[-1], flush=True)
         torch.set_num_threads(2)
     text = "\n\n".join(markdown_table(rows) for rows in (files, latency))

@@ -15,15 +15,19 @@ dimension is dynamic unless ``batch`` fixes it.
 Covered: PPO, A2C, GraphedPPO, TRPO (Discrete, Box, MultiDiscrete actions), MaskablePPO (the action mask is a second
 input, ``action_mask``, bool (B, n)), RecurrentPPO (inputs ``state_h``, ``state_c`` (layers, B, hidden) and
 ``episode_start`` (B,), outputs ``state_h_out``, ``state_c_out``: the actor's LSTM state, reset where an episode
-starts, as SB3 does), SAC, TD3, TQC, CrossQ (the actor), DQN and QR-DQN (the greedy action). Not yet: ExecuTorch
-``.pte`` files (ExecuTorch 1.5.1's wheel is built against another torch release and pulls coremltools/torchao; not
-verified with torch 2.13).
+starts, as SB3 does), SAC, TD3, TQC, CrossQ (the actor), DQN and QR-DQN (the greedy action).
 
-After writing, the file is run (onnxruntime for ONNX, torch for TorchScript) on ``n_check`` observations drawn from
-the observation space (or from an env, ``obs_from``) and compared with the SB3 model: the max difference of every
-output and the action agreement are printed; a mismatch raises :class:`ExportMismatch` with the numbers and the
-file is removed. :class:`OnnxPolicy` runs an exported file with SB3's ``predict`` signature, so SB3's
-``evaluate_policy`` takes it directly. Needs ``pip install 'rlvision[export]'`` (onnx, onnxruntime, onnxscript).
+Formats: ONNX (``.onnx``, torch.onnx's dynamo exporter), TorchScript (``.pt``) and ExecuTorch (``.pte``: the
+graph lowered to XNNPACK, with a fixed batch, 1 unless ``batch`` says otherwise: ExecuTorch 1.5.1 plans a dynamic
+batch's input memory too small; a ``.pte.json`` next to it names the inputs and outputs; larger batches are run in
+chunks). After writing, the file is run (onnxruntime for ONNX, torch for TorchScript, ExecuTorch's
+Python runtime for ``.pte``) on ``n_check`` observations drawn from the observation space (or from an env,
+``obs_from``) and compared with the SB3 model: the max difference of every output and the action agreement are
+printed; a mismatch raises :class:`ExportMismatch` with the numbers and the file is removed. :class:`OnnxPolicy`
+and :class:`ExecuTorchPolicy` run an exported file with SB3's ``predict`` signature, so SB3's ``evaluate_policy``
+takes them directly. Needs ``pip install 'rlvision[export]'`` (onnx, onnxruntime, onnxscript); ExecuTorch needs
+``pip install 'rlvision[executorch]'`` (executorch 1.5.1, checked with rlvision's torch 2.13; it pulls torchao,
+coremltools and scikit-learn, hence its own extra).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from gymnasium import spaces
 from torch import nn
 
 FORMATS = ("onnx", "torchscript", "executorch")
+EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "executorch": ".pte"}
 SUPPORTED = ("ppo", "a2c", "graphedppo", "trpo", "maskableppo", "recurrentppo", "sac", "td3", "tqc", "crossq", "dqn",
              "qrdqn")
 
@@ -273,7 +278,10 @@ def _run_file(path: str, fmt: str, inputs: list[np.ndarray], graph: "_PolicyGrap
         with torch.no_grad():
             outputs = module(*[torch.as_tensor(x) for x in inputs])
         return {name: t.numpy() for name, t in zip(graph.output_names(), outputs)}
-    raise ValueError(f"format {fmt!r}: choose one of onnx, torchscript.")
+    if fmt == "executorch":
+        session = ExecuTorchPolicy._session(path)
+        return dict(zip(session.output_names, session.run(None, dict(zip(graph.input_names(), inputs)))))
+    raise ValueError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
 
 
 @dataclass
@@ -328,7 +336,8 @@ def _format_of(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
     formats = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pte": "executorch"}
     if ext not in formats:
-        raise ValueError(f"Cannot tell the format of {path!r} from its extension; pass format= (onnx, torchscript).")
+        raise ValueError(f"Cannot tell the format of {path!r} from its extension (.onnx, .pt, .pte); pass format= "
+                         f"({', '.join(FORMATS)}).")
     return formats[ext]
 
 
@@ -340,10 +349,8 @@ def export_policy(model, path: str, format: str = "onnx", batch: int | None = No
     passed the check; on a mismatch nothing is left at ``path``."""
     if format not in FORMATS:
         raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}.")
-    if format == "executorch":
-        raise ValueError("ExecuTorch export is not available yet: ExecuTorch 1.5.1's wheel is built against another "
-                         "torch release than rlvision's pinned 2.13 (README 'Export'); use format='onnx' or "
-                         "'torchscript'.")
+    if format == "executorch" and batch is None:
+        batch = 1  # a fixed batch (module doc); the policy classes run larger batches in chunks
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive int (or None for a dynamic batch), got {batch!r}.")
     graph = _PolicyGraph(model, with_value, logits).eval()
@@ -360,6 +367,8 @@ def export_policy(model, path: str, format: str = "onnx", batch: int | None = No
         with torch.no_grad():
             if format == "onnx":
                 _onnx_export(graph, example, tmp, batch, opset)
+            elif format == "executorch":
+                _executorch_export(graph, example, tmp, batch)
             else:
                 torch.jit.save(torch.jit.trace(graph, tuple(example), check_trace=False), tmp)
         report = None
@@ -367,10 +376,12 @@ def export_policy(model, path: str, format: str = "onnx", batch: int | None = No
             report = verify(model, tmp, format, n_check, obs_from, with_value, logits=logits)
             report.path = path
             log(str(report))
+        if format == "executorch":  # the names file first: a .pte is never left without it
+            os.replace(tmp + ".json", path + ".json")
         os.replace(tmp, path)
         return report
     finally:
-        for leftover in (tmp, tmp + ".data"):
+        for leftover in (tmp, tmp + ".data", tmp + ".json"):
             if os.path.exists(leftover):
                 os.remove(leftover)
 
@@ -395,6 +406,27 @@ def _onnx_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, ba
 
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
         torch.onnx.export(graph, tuple(example), path, **kwargs)
+
+
+def _executorch_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, batch: int | None) -> None:
+    """``graph`` lowered to ExecuTorch's XNNPACK backend for batches of ``batch``, written to ``path``; its input and
+    output names and the batch to ``path + ".json"``."""
+    import json
+
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError as error:
+        raise ImportError("ExecuTorch export needs executorch: pip install 'rlvision[executorch]' (or use "
+                          "format='onnx').") from error
+    for tensor in [*graph.parameters(), *graph.buffers()]:  # XNNPACK's passes take contiguous (NCHW) weights only
+        tensor.data = tensor.data.contiguous()
+    program = torch.export.export(graph, tuple(example))
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    with open(path, "wb") as f:
+        f.write(lowered.buffer)
+    with open(path + ".json", "w") as f:
+        json.dump(dict(inputs=graph.input_names(), outputs=graph.output_names(), batch=batch), f)
 
 
 class OnnxPolicy:
@@ -479,6 +511,85 @@ class OnnxPolicy:
         return (action[0] if single else action), None
 
 
+class _Input:
+    def __init__(self, name: str, shape: list, type_: str):
+        self.name, self.shape, self.type = name, shape, type_
+
+
+class _ExecuTorchSession:
+    """An ExecuTorch program behind onnxruntime's session interface (what :class:`OnnxPolicy` calls)."""
+
+    _TYPES = {0: "tensor(uint8)", 4: "tensor(int64)", 6: "tensor(float)", 11: "tensor(bool)"}
+
+    def __init__(self, path: str, method, names: dict):
+        self.path, self.method = path, method
+        meta = method.metadata
+        self.batch = int(names["batch"])
+        self.inputs = []
+        for i, name in enumerate(names["inputs"]):
+            t = meta.input_tensor_meta(i)
+            shape = list(t.sizes())
+            shape[self._axis(name)] = "batch"  # any batch: run in chunks of the file's
+            self.inputs.append(_Input(name, shape, self._TYPES.get(int(t.dtype()), "tensor(float)")))
+        self.output_names = list(names["outputs"])
+
+    @staticmethod
+    def _axis(name: str) -> int:
+        return 1 if name.startswith("state_") else 0  # the LSTM state is (layers, batch, hidden)
+
+    def get_inputs(self) -> list[_Input]:
+        return self.inputs
+
+    def get_outputs(self) -> list[_Input]:
+        return [_Input(n, [], "") for n in self.output_names]
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for any batch: chunks of the file's batch, the last one padded by repeating its last row."""
+        n = np.shape(feeds[self.inputs[0].name])[self._axis(self.inputs[0].name)]
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, n, self.batch):
+            index = np.minimum(np.arange(start, start + self.batch), n - 1)
+            args = [torch.as_tensor(np.ascontiguousarray(np.take(feeds[i.name], index, axis=self._axis(i.name))))
+                    for i in self.inputs]
+            keep = min(self.batch, n - start)
+            chunks.append([np.take(t.numpy(), np.arange(keep), axis=self._axis(name))
+                           for name, t in zip(self.output_names, self.method.execute(args))])
+        by_name = {name: np.concatenate([c[k] for c in chunks], axis=self._axis(name))
+                   for k, name in enumerate(self.output_names)}
+        return [by_name[name] for name in (output_names or self.output_names)]
+
+
+class ExecuTorchPolicy(OnnxPolicy):
+    """An exported ExecuTorch (``.pte``) policy with SB3's ``predict`` signature, as :class:`OnnxPolicy`; runs on
+    ExecuTorch's Python runtime (XNNPACK). Needs ``rlvision[executorch]`` and the ``.pte.json`` written next to it."""
+
+    @staticmethod
+    def _session(path: str, threads: int | None = None) -> _ExecuTorchSession:
+        import json
+
+        try:
+            from executorch.runtime import Runtime
+        except ImportError as error:
+            raise ImportError("Running an ExecuTorch policy needs executorch: pip install "
+                              "'rlvision[executorch]'.") from error
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such ExecuTorch file; write one with `rlvision export MODEL.zip "
+                                    f"--format executorch`.")
+        try:
+            with open(path + ".json") as f:
+                names = json.load(f)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: its names file {path}.json is missing or unreadable ({error}); export the "
+                             f"model again with `rlvision export MODEL.zip --format executorch --out {path}`.") \
+                from error
+        try:
+            method = Runtime.get().load_program(path).load_method("forward")
+        except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with its own codes
+            raise ValueError(f"{path}: not a readable ExecuTorch program ({error}); export it again with "
+                             f"`rlvision export MODEL.zip --format executorch --out {path}`.") from error
+        return _ExecuTorchSession(path, method, names)
+
+
 def main(argv: list[str] | None = None) -> None:
     from rlvision.agents import algo_class
 
@@ -486,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="an SB3 model zip (or, with --check-only, the exported file)")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default onnx)")
-    parser.add_argument("--out", help="the file to write (default: the zip's name with .onnx / .pt)")
+    parser.add_argument("--out", help="the file to write (default: the zip's name with .onnx / .pt / .pte)")
     parser.add_argument("--algo", help="the algorithm, when the zip's name does not say (ppo, sac, dqn, ...)")
     parser.add_argument("--batch", type=int, help="fix the batch size (default: dynamic)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
@@ -513,7 +624,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.check_only:
             print(verify(model, args.model, None, args.n_check, args.obs_from, args.with_value, logits=args.logits))
             return
-        out = args.out or os.path.splitext(zip_path)[0] + (".onnx" if args.format == "onnx" else ".pt")
+        out = args.out or os.path.splitext(zip_path)[0] + EXTENSIONS[args.format]
         export_policy(model, out, args.format, args.batch, args.opset, args.with_value, args.logits,
                       n_check=args.n_check, obs_from=args.obs_from)
     except (ValueError, ImportError, ExportMismatch) as error:

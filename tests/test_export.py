@@ -1,4 +1,4 @@
-"""Export (issue 22, part): ONNX / TorchScript files of trained policies act as the SB3 model does."""
+"""Export (issue 22): ONNX / TorchScript / ExecuTorch files of trained policies act as the SB3 model does."""
 
 import os
 
@@ -101,8 +101,8 @@ def test_a_mismatch_fails_with_the_numbers_and_leaves_no_file(tmp_path, monkeypa
 
 def test_unsupported_and_bad_input_are_named(tmp_path):
     model, _ = trained("ppo")
-    with pytest.raises(ValueError, match="ExecuTorch.*format='onnx' or 'torchscript'"):
-        export.export_policy(model, str(tmp_path / "p.pte"), format="executorch")
+    with pytest.raises(ValueError, match="format 'tflite': choose one of onnx, torchscript, executorch"):
+        export.export_policy(model, str(tmp_path / "p.tflite"), format="tflite")
     with pytest.raises(ValueError, match="positive int"):
         export.export_policy(model, str(tmp_path / "p.onnx"), batch=0)
     (tmp_path / "junk.onnx").write_text("not a model")
@@ -201,3 +201,43 @@ def test_bad_files_paths_and_observations_are_named(tmp_path):
         cli(["export", str(tmp_path / "notes.zip"), "--algo", "ppo"])
     assert error.value.code == 2
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_executorch_file_acts_as_sb3_in_any_batch(tmp_path):
+    """The .pte (XNNPACK, fixed batch 1) is checked at export (32 observations, run one by one) and serves SB3's
+    evaluate_policy through ExecuTorchPolicy, which runs a batch of 2 envs in chunks."""
+    pytest.importorskip("executorch")
+    model, env = trained("ppo", "mobilenetv4_nano_rl")
+    path = str(tmp_path / "policy.pte")
+    report = export.export_policy(model, path, format="executorch", with_value=True, log=lambda *_: None)
+    assert report.action_agreement == 1.0 and report.max_diff["value"] < 1e-4
+    assert sorted(os.listdir(tmp_path)) == ["policy.pte", "policy.pte.json"]  # no temporary file left
+    policy = export.ExecuTorchPolicy(path)
+    obs = env.reset()
+    np.testing.assert_array_equal(policy.predict(obs)[0], model.predict(obs, deterministic=True)[0])
+    np.testing.assert_array_equal(policy.predict(obs[0])[0], model.predict(obs[0], deterministic=True)[0])
+    env.seed(0)
+    mine = evaluate_policy(policy, env, n_eval_episodes=4, deterministic=True, return_episode_rewards=True)
+    env.seed(0)
+    theirs = evaluate_policy(model, env, n_eval_episodes=4, deterministic=True, return_episode_rewards=True)
+    assert mine == theirs  # the same episodes: returns and lengths
+    print(export.verify(model, path, n_check=5, with_value=True))  # --check-only's path: 5 = 1+1+1+1+1 chunks
+    os.remove(path + ".json")
+    with pytest.raises(ValueError, match="names file.*missing.*export the model again"):
+        export.ExecuTorchPolicy(path)
+
+
+def test_executorch_recurrent_state_is_chunked_on_its_batch_axis(tmp_path):
+    pytest.importorskip("executorch")
+    pytest.importorskip("sb3_contrib")
+    env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=SMALL)
+    model = make_agent("recurrentppo", env, backbone="nature_cnn", seed=0, n_steps=16, batch_size=32, n_epochs=1)
+    model.learn(32)
+    path = str(tmp_path / "lstm.pte")
+    report = export.export_policy(model, path, format="executorch", n_check=6, log=lambda *_: None)
+    assert report.action_agreement == 1.0 and report.max_diff["state_h_out"] < 1e-4
+    policy, obs = export.ExecuTorchPolicy(path), env.reset()
+    ours_action, ours = policy.predict(obs, episode_start=np.ones(2, dtype=bool))
+    sb3_action, sb3 = model.predict(obs, episode_start=np.ones(2, dtype=bool), deterministic=True)
+    np.testing.assert_array_equal(ours_action, sb3_action)
+    np.testing.assert_allclose(ours[1], sb3[1], atol=1e-5)

@@ -27,7 +27,7 @@ import torch
 import rlvision
 from rlvision.agents import make_agent
 from rlvision.envs import make_env
-from rlvision.export import ExecuTorchPolicy, OnnxPolicy, export_policy
+from rlvision.export import ExecuTorchPolicy, ExportMismatch, OnnxPolicy, export_policy
 from rlvision.stats import markdown_table
 
 SMALL = ("nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,"
@@ -79,18 +79,25 @@ def main(argv=None):
         report = export_policy(model, onnx_path, logits=True, n_check=256, log=lambda *_: None)
         seconds = time.perf_counter() - start
         ts = export_policy(model, ts_path, format="torchscript", n_check=256, log=lambda *_: None)
-        pte = {}
+        pte, et_failed = {}, None
         if executorch:
             for batch in (1, 8):
-                pte[batch] = os.path.join(args.out, f"{name}-b{batch}.pte")
-                et = export_policy(model, pte[batch], format="executorch", batch=batch, n_check=256,
-                                   log=lambda *_: None)
+                try:
+                    path = os.path.join(args.out, f"{name}-b{batch}.pte")
+                    et = export_policy(model, path, format="executorch", batch=batch, n_check=256,
+                                       log=lambda *_: None)
+                    pte[batch] = path
+                except ExportMismatch as error:  # the exporter refused the file: say so in the table
+                    et_failed = str(error).split("actions equal: ")[1].split(".")[0] + "% (refused)"
+                    print(f"{name}: ExecuTorch {error}", flush=True)
+                    pte = {}
+                    break
         files.append(dict(backbone=name, action_agreement=f"{report.action_agreement:.1%}",
                           max_logit_diff=f"{logits_diff(model, onnx_path):.1e}",
                           onnx_kb=os.path.getsize(onnx_path) // 1024, torchscript_kb=os.path.getsize(ts_path) // 1024,
                           torchscript_agreement=f"{ts.action_agreement:.1%}",
                           executorch_kb=os.path.getsize(pte[1]) // 1024 if pte else "n/a",
-                          executorch_agreement=f"{et.action_agreement:.1%}" if pte else "n/a",
+                          executorch_agreement=f"{et.action_agreement:.1%}" if pte else et_failed or "n/a",
                           onnx_export_s=round(seconds, 1)))
         print(files[-1], flush=True)
         extractor = model.policy.features_extractor
@@ -108,7 +115,7 @@ def main(argv=None):
                         model.predict(obs, deterministic=True)
                     return run
                 fns = {"plain": sb3(False), "copy": sb3(True), "ort": lambda: onnx.predict(obs)}
-                if executorch:
+                if pte:
                     fns["et"] = (lambda policy: lambda: policy.predict(obs))(ExecuTorchPolicy(pte[batch]))
                 times = alternate(fns, args.rounds)
                 fastest = min(times, key=times.get)

@@ -18,10 +18,12 @@ input, ``action_mask``, bool (B, n)), RecurrentPPO (inputs ``state_h``, ``state_
 starts, as SB3 does), SAC, TD3, TQC, CrossQ (the actor), DQN and QR-DQN (the greedy action).
 
 Formats: ONNX (``.onnx``, torch.onnx's dynamo exporter), TorchScript (``.pt``) and ExecuTorch (``.pte``: the
-graph lowered to XNNPACK, with a fixed batch, 1 unless ``batch`` says otherwise: ExecuTorch 1.5.1 plans a dynamic
-batch's input memory too small; a ``.pte.json`` next to it names the inputs and outputs; larger batches are run in
-chunks). After writing, the file is run (onnxruntime for ONNX, torch for TorchScript, ExecuTorch's
-Python runtime for ``.pte``) on ``n_check`` observations drawn from the observation space (or from an env,
+graph lowered to XNNPACK, or to ExecuTorch's portable kernels where XNNPACK's do not reproduce the policy (ResT),
+with a fixed batch, 1 unless ``batch`` says otherwise: ExecuTorch 1.5.1 plans a dynamic batch's input memory too
+small; a ``.pte.json`` next to it names the inputs and outputs; larger batches are run in chunks).
+
+After writing, the file is run (onnxruntime for ONNX, torch for TorchScript, ExecuTorch's Python runtime for
+``.pte``) on ``n_check`` observations drawn from the observation space (or from an env,
 ``obs_from``) and compared with the SB3 model: the max difference of every output and the action agreement are
 printed; a mismatch raises :class:`ExportMismatch` with the numbers and the file is removed. :class:`OnnxPolicy`
 and :class:`ExecuTorchPolicy` run an exported file with SB3's ``predict`` signature, so SB3's ``evaluate_policy``
@@ -363,19 +365,31 @@ def export_policy(model, path: str, format: str = "onnx", batch: int | None = No
     if not os.access(folder, os.W_OK):
         raise ValueError(f"Cannot write {path}: its folder {folder} is not writable; choose another --out.")
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}{os.path.splitext(path)[1]}")
+    # ExecuTorch: XNNPACK first; if its kernels do not reproduce the policy (they approximate some operators: ResT's
+    # actions differed), the portable kernels (exact, slower)
+    backends = ("xnnpack", "portable") if format == "executorch" else (None,)
     try:
-        with torch.no_grad():
-            if format == "onnx":
-                _onnx_export(graph, example, tmp, batch, opset)
-            elif format == "executorch":
-                _executorch_export(graph, example, tmp, batch)
-            else:
-                torch.jit.save(torch.jit.trace(graph, tuple(example), check_trace=False), tmp)
-        report = None
-        if check:
-            report = verify(model, tmp, format, n_check, obs_from, with_value, logits=logits)
-            report.path = path
-            log(str(report))
+        for attempt, backend in enumerate(backends):
+            with torch.no_grad():
+                if format == "onnx":
+                    _onnx_export(graph, example, tmp, batch, opset)
+                elif format == "executorch":
+                    _executorch_export(graph, example, tmp, batch, backend)
+                else:
+                    torch.jit.save(torch.jit.trace(graph, tuple(example), check_trace=False), tmp)
+            report = None
+            if check:
+                try:
+                    report = verify(model, tmp, format, n_check, obs_from, with_value, logits=logits)
+                except ExportMismatch as error:
+                    if attempt + 1 == len(backends):
+                        raise
+                    log(f"{error}\nExecuTorch: XNNPACK's kernels do not reproduce this policy; lowering it to "
+                        f"ExecuTorch's portable kernels instead (exact, slower).")
+                    continue
+                report.path = path
+                log(str(report) + (f" [ExecuTorch {backend} kernels]" if backend else ""))
+            break
         if format == "executorch":  # the names file first: a .pte is never left without it
             os.replace(tmp + ".json", path + ".json")
         os.replace(tmp, path)
@@ -408,9 +422,11 @@ def _onnx_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, ba
         torch.onnx.export(graph, tuple(example), path, **kwargs)
 
 
-def _executorch_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, batch: int | None) -> None:
-    """``graph`` lowered to ExecuTorch's XNNPACK backend for batches of ``batch``, written to ``path``; its input and
-    output names and the batch to ``path + ".json"``."""
+def _executorch_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, batch: int,
+                       backend: str = "xnnpack") -> None:
+    """``graph`` lowered for batches of ``batch`` to ExecuTorch's XNNPACK backend (``backend="xnnpack"``) or left
+    on its portable kernels (``"portable"``), written to ``path``; its input and output names, the batch and the
+    backend to ``path + ".json"``."""
     import json
 
     try:
@@ -422,11 +438,12 @@ def _executorch_export(graph: _PolicyGraph, example: list[torch.Tensor], path: s
     for tensor in [*graph.parameters(), *graph.buffers()]:  # XNNPACK's passes take contiguous (NCHW) weights only
         tensor.data = tensor.data.contiguous()
     program = torch.export.export(graph, tuple(example))
-    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    partitioner = [XnnpackPartitioner()] if backend == "xnnpack" else []
+    lowered = to_edge_transform_and_lower(program, partitioner=partitioner).to_executorch()
     with open(path, "wb") as f:
         f.write(lowered.buffer)
     with open(path + ".json", "w") as f:
-        json.dump(dict(inputs=graph.input_names(), outputs=graph.output_names(), batch=batch), f)
+        json.dump(dict(inputs=graph.input_names(), outputs=graph.output_names(), batch=batch, backend=backend), f)
 
 
 class OnnxPolicy:

@@ -81,11 +81,11 @@ bench-gpu: $(STAMP)
 
 # Issue 21, learning benchmark v2 (Ray Tune sweeps; about 3 hours on 2 cores): the default encoder before and after
 # issue 21 next to nature_cnn and the other encoders on DoorKey-5x5 (80k steps), LavaGapS5 and the synthetic task,
-# the norm choice, IMPALA on DoorKey, and the DrQ-v2 check. Rerun to resume an interrupted sweep.
+# the norm choice, IMPALA on DoorKey, the DrQ-v2 check and SAC from pixels. Rerun to resume an interrupted sweep.
 # On a GPU machine add SWEEP_ARGS='--gpu 0.25 --cpus 2'.
 SWEEP_ARGS ?=
 LEARNING_V2 := norms_v2 learning_v2_doorkey learning_v2_doorkey_running learning_v2_lavagap learning_v2_synthetic \
-	learning_v2_impala drqv2
+	learning_v2_impala drqv2 sac_pixels sac_pixels_sb3_entropy
 bench-learning: $(STAMP)
 	for config in $(LEARNING_V2); do \
 		$(BIN)/rlvision sweep --config experiments/configs/sweep_$$config.yaml --out runs/sweep-$$config $(SWEEP_ARGS) \

@@ -18,6 +18,7 @@ import importlib
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlvision import drqv2_policy, policy_kwargs as vision_policy_kwargs
@@ -117,6 +118,30 @@ def check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], mem
             f"{avail / 2**30:.1f} GiB available. Use " + ", or ".join(tips) + ".")
 
 
+SCHEDULED = ("learning_rate", "clip_range", "clip_range_vf")
+
+
+def resolve_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """RL Zoo's schedule strings: ``learning_rate: lin_5e-4`` (also ``clip_range``, ``clip_range_vf``) anneals
+    linearly from 5e-4 at the start of ``learn`` to 0 at its end (SB3's LinearSchedule; saved with the model).
+    Other values pass through; a malformed string is a ValueError naming the key."""
+    out = dict(hyperparams)
+    for key in SCHEDULED:
+        value = out.get(key)
+        if not isinstance(value, str):
+            continue
+        kind, _, number = value.partition("_")
+        try:
+            start = float(number)
+        except ValueError:
+            start = None
+        if kind != "lin" or start is None or start <= 0:
+            raise ValueError(f"{key}={value!r}: expected a number or a linear schedule 'lin_<start>' "
+                             f"(e.g. 'lin_5e-4': from 5e-4 down to 0 over the run).")
+        out[key] = LinearSchedule(start, 0.0, 1.0)
+    return out
+
+
 def check_hyperparams(algo: str, hyperparams: dict[str, Any]) -> None:
     """A ValueError naming each unknown hyperparameter of ``algo`` with the closest match (and, for
     ``policy_kwargs``, each unknown policy keyword), before anything is built."""
@@ -150,7 +175,8 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", fe
     :param encoder_sharing: SAC, TD3, TQC, CrossQ: "separate" (default: actor and critic encoders), "actor" (SB3's
         shared mode, trained by the actor loss) or "critic" (DrQ-v2: shared, trained by the critic loss;
         :mod:`rlvision.drq`).
-    :param hyperparams: override DEFAULTS[algo]; ``policy_kwargs`` entries are merged over the encoder's.
+    :param hyperparams: override DEFAULTS[algo]; ``policy_kwargs`` entries are merged over the encoder's;
+        ``learning_rate``/``clip_range`` may be RL Zoo's ``"lin_<start>"`` (annealed to 0, :func:`resolve_schedules`).
     """
     algo = algo.lower() if isinstance(algo, str) else algo
     cls = algo_class(algo)
@@ -170,7 +196,7 @@ def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", fe
         backbone_kwargs["pretrained"] = pretrained
     if freeze_backbone:
         backbone_kwargs["freeze_backbone"] = True
-    params = {**DEFAULTS[algo], **hyperparams}
+    params = resolve_schedules({**DEFAULTS[algo], **hyperparams})
     user_policy_kwargs = params.pop("policy_kwargs", None) or {}
     space = env.observation_space
     if isinstance(space, spaces.Box) and len(space.shape) == 1:  # features already (rlvision.encode.VecEncode)

@@ -120,3 +120,27 @@ def test_evaluation_is_deterministic_by_default_and_says_so():
             for _ in range(2)]
     assert runs[0] == runs[1] and runs[0]["deterministic"] is True
     assert evaluate_agent(model, env, 2, deterministic=False)["deterministic"] is False
+
+
+def test_linear_schedule_string_anneals_the_learning_rate_and_survives_save(tmp_path):
+    """RL Zoo's "lin_<start>": the optimizer's lr falls linearly over learn() and the schedule is saved with the
+    model; anything else that is a string is refused with the key named."""
+    from stable_baselines3 import PPO
+
+    env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=dict(size=40, grid=3))
+    model = make_agent("ppo", env, backbone="nature_cnn", seed=0, learning_rate="lin_1e-3", n_steps=16,
+                       batch_size=32, n_epochs=1)
+    assert model.lr_schedule(1.0) == pytest.approx(1e-3) and model.lr_schedule(0.25) == pytest.approx(2.5e-4)
+    lrs = []
+    model.train = lambda train=model.train: (lrs.append(model.lr_schedule(model._current_progress_remaining)),
+                                             train())
+    model.learn(96)  # three updates, after 32, 64 and 96 of 96 steps (SB3 updates the progress before train)
+    assert lrs == pytest.approx([2e-3 / 3, 1e-3 / 3, 0.0])
+    assert model.policy.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    del model.train
+    model.save(tmp_path / "m.zip")
+    loaded = PPO.load(tmp_path / "m.zip", env=env)
+    assert loaded.lr_schedule(0.5) == pytest.approx(5e-4)
+    for bad in ("cos_1e-3", "lin_x", "lin_-1"):
+        with pytest.raises(ValueError, match="learning_rate="):
+            make_agent("ppo", env, backbone="nature_cnn", learning_rate=bad)

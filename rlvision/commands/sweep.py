@@ -223,6 +223,7 @@ def resolve(args: argparse.Namespace) -> tuple[list[dict], dict]:
 
 def check(trials: list[dict], parser: argparse.ArgumentParser) -> None:
     """Unknown backbones, options and algos fail now, not inside a Ray worker."""
+    from rlvision.agents.factory import resolve_schedules
     from rlvision.envs import check_env_id
 
     for t in trials:
@@ -230,6 +231,7 @@ def check(trials: list[dict], parser: argparse.ArgumentParser) -> None:
         try:
             check_env_id(t["env"])
             check_entry(name, options, t["algo"], allow_algo_option=False)
+            resolve_schedules(t["hyperparams"])  # a malformed "lin_..." fails here, not inside a Ray worker
             if t["steps"] < 1 or t["n_envs"] < 1 or t["eval_episodes"] < 1 or t["cpus"] < 1 or t["gpu"] < 0:
                 raise ValueError("steps, n_envs, eval_episodes and cpus must be >= 1 and gpu >= 0")
         except (KeyError, ValueError) as error:

@@ -144,12 +144,13 @@ def resolve_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
 
 def check_hyperparams(algo: str, hyperparams: dict[str, Any]) -> None:
     """A ValueError naming each unknown hyperparameter of ``algo`` with the closest match (and, for
-    ``policy_kwargs``, each unknown policy keyword), before anything is built."""
+    ``policy_kwargs``, each unknown policy keyword) or a malformed schedule string, before anything is built."""
     cls = algo_class(algo)
     accepted = init_keywords(cls)
     if accepted is not None:
         accepted = [k for k in accepted if k not in ("self", "policy", "env", "_init_setup_model")]
     check_keywords(hyperparams, accepted, f"make_agent({algo!r}) hyperparameters")
+    resolve_schedules(hyperparams)  # a malformed schedule string
     user_policy_kwargs = hyperparams.get("policy_kwargs") or {}
     policy_cls = getattr(cls, "policy_aliases", {}).get(algorithm(algo).policy)
     policy_accepted = init_keywords(policy_cls) if policy_cls is not None else None

@@ -84,7 +84,8 @@ bench-gpu: $(STAMP)
 # the norm choice, IMPALA on DoorKey, the DrQ-v2 check and SAC from pixels. Rerun to resume an interrupted sweep.
 # On a GPU machine add SWEEP_ARGS='--gpu 0.25 --cpus 2'.
 SWEEP_ARGS ?=
-LEARNING_V2 := norms_v2 learning_v2_doorkey learning_v2_doorkey_running learning_v2_lavagap learning_v2_synthetic \
+LEARNING_V2 := norms_v2 learning_v2_doorkey learning_v2_doorkey_running learning_v2_doorkey_lin learning_v2_lavagap \
+	learning_v2_synthetic \
 	learning_v2_impala drqv2 sac_pixels sac_pixels_sb3_entropy
 bench-learning: $(STAMP)
 	for config in $(LEARNING_V2); do \

@@ -75,3 +75,25 @@ def test_bad_grid_fails_before_ray_starts(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--backbones", "nature_cnn", "--out", str(tmp_path)])
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("config", sorted(
+    f for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "experiments", "configs"))
+    if f.startswith("sweep_")))
+def test_every_shipped_sweep_config_resolves_and_passes_the_checks(config):
+    """`make bench-learning` runs these: a misspelt key, backbone option or schedule string fails here, not an hour
+    into a sweep."""
+    import argparse
+
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", config)
+    args = argparse.Namespace(config=path)
+    trials, _ = sweep.resolve(args)
+    assert trials and all(t["steps"] >= 1 for t in trials)
+    sweep.check(trials, argparse.ArgumentParser())  # parser.error would raise SystemExit
+
+
+def test_a_malformed_schedule_string_fails_before_ray_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--envs", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--hyperparams",
+                    "{learning_rate: lin_fast}", "--out", str(tmp_path)])
+    assert "learning_rate='lin_fast'" in capsys.readouterr().err and not os.listdir(tmp_path)

@@ -65,6 +65,7 @@ bench-speed: $(STAMP)
 	$(BIN)/rlvision compare --env ALE/Pong-v5 --steps 3072 --logdir runs/bench-graphedppo-cpu \
 		--backbones 'nature_cnn,nature_cnn[algo=graphedppo],mobilenetv4_nano_rl,mobilenetv4_nano_rl[algo=graphedppo]' \
 		--no-progress
+	$(BIN)/python experiments/bench_running_bn.py
 	# the norm-choice table: make bench-learning (issue 12, 3 seeds with CIs)
 
 # Issue 10/14 GPU figures (needs a CUDA machine; about 10 minutes, plus torch.compile's tuning if not skipped).
@@ -79,12 +80,12 @@ bench-gpu: $(STAMP)
 	$(BIN)/rlvision compare --device cuda --env ALE/Pong-v5 --steps 16384 \
 		--backbones '$(GRAPHED_PPO)' --logdir runs/bench-gpu-ppo --no-progress
 
-# Issue 21, learning benchmark v2 (Ray Tune sweeps; about 3 hours on 2 cores): the default encoder before and after
+# Issue 21, learning benchmark v2 (Ray Tune sweeps; about 4 hours on 2 cores): the default encoder before and after
 # issue 21 next to nature_cnn and the other encoders on DoorKey-5x5 (80k steps), LavaGapS5 and the synthetic task,
 # the norm choice, IMPALA on DoorKey, the DrQ-v2 check and SAC from pixels. Rerun to resume an interrupted sweep.
 # On a GPU machine add SWEEP_ARGS='--gpu 0.25 --cpus 2'.
 SWEEP_ARGS ?=
-LEARNING_V2 := norms_v2 learning_v2_doorkey learning_v2_doorkey_running learning_v2_doorkey_lin learning_v2_lavagap \
+LEARNING_V2 := norms_v2 learning_v2_doorkey learning_v2_doorkey_running learning_v2_doorkey_lin learning_v2_doorkey_ln learning_v2_lavagap \
 	learning_v2_synthetic \
 	learning_v2_impala drqv2 sac_pixels sac_pixels_sb3_entropy
 bench-learning: $(STAMP)

@@ -47,10 +47,10 @@ class RunningBatchNorm2d(nn.BatchNorm2d):
         # the statistics the rollout used (copies: the in-place update below must not touch what backward reads)
         mean, var = self.running_mean.clone(), self.running_var.clone()
         out = F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
-        with torch.no_grad():
-            batch_var, batch_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=True)
-            self.running_mean.lerp_(batch_mean, self.momentum)
-            self.running_var.lerp_(batch_var, self.momentum)
+        with torch.no_grad():  # BatchNorm2d's own update (unbiased variance, momentum): its fused kernel is 4-7x
+            # faster on CPU than torch.var_mean over (0, 2, 3), which took ~20% of a training step
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
+            F.batch_norm(x.detach(), self.running_mean, self.running_var, None, None, True, momentum, self.eps)
             self.num_batches_tracked.add_(1)
         return out
 

@@ -118,6 +118,24 @@ def test_running_bn_acts_as_it_learns_and_tracks_statistics():
     assert torch.allclose(y.grad, torch.full_like(y, 1 / (1 + norm.eps) ** 0.5))
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_running_bn_updates_its_statistics_as_batchnorm2d_does(memory_format):
+    """The statistics follow each training batch exactly as BatchNorm2d's do (momentum, unbiased variance, count),
+    in both memory formats, while the output stays the one the statistics before the batch give."""
+    ours, reference = RunningBatchNorm2d(6), nn.BatchNorm2d(6)
+    ours.train(), reference.train()
+    for step in range(3):
+        x = (torch.randn(16, 6, 7, 7) * (step + 2) + step).contiguous(memory_format=memory_format)
+        before = ours.running_mean.clone(), ours.running_var.clone()
+        out = ours(x)
+        reference(x)
+        expected = (x - before[0].view(1, -1, 1, 1)) / (before[1].view(1, -1, 1, 1) + ours.eps).sqrt()
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.running_mean, reference.running_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours.running_var, reference.running_var, rtol=1e-6, atol=1e-6)
+    assert ours.num_batches_tracked.item() == reference.num_batches_tracked.item() == 3
+
+
 def test_batch_renorm_equals_running_statistics_until_clipped():
     norm = BatchRenorm2d(3, r_max=100.0, d_max=100.0)
     x = torch.randn(32, 3, 6, 6) * 3 + 1

@@ -56,7 +56,8 @@ def main() -> None:
     new_forward = RunningBatchNorm2d.forward
     rows = []
     for _ in range(2):  # alternate, so load changes hit both alike
-        for name, forward in (("torch.var_mean (before)", old_forward), ("fused batch_norm kernel (today)", new_forward)):
+        arms = (("torch.var_mean (before)", old_forward), ("fused batch_norm kernel (today)", new_forward))
+        for name, forward in arms:
             RunningBatchNorm2d.forward = forward
             rows.append((name, step_ms(extractor, x, args.repeats)))
     RunningBatchNorm2d.forward = new_forward

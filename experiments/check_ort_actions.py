@@ -1,5 +1,6 @@
-"""Do rollouts on onnxruntime take the same actions as rollouts on torch? PPO on Pong x8 (native env), the default
-encoder, the same seed, once per rollout backend; the actions of every rollout compared step by step.
+"""Do rollouts on onnxruntime take the same actions as rollouts on torch? PPO on Pong x8 (native env),
+mobilenetv4_nano_rl unless --backbone says otherwise, the same seed, once per rollout backend; the actions of every
+rollout compared step by step.
 
     python experiments/check_ort_actions.py --steps 4096      (BENCHMARKS.md "Export and onnxruntime rollouts")
 

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import gymnasium as gym
 import numpy as np
@@ -7,6 +8,8 @@ import torch
 from gymnasium import spaces
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# exported rollout graphs (rlvision.ort_backend) go to a folder of this test session, not the user's cache
+os.environ["RLVISION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rlvision-test-cache-")
 
 HAS_CUDA = torch.cuda.is_available()
 

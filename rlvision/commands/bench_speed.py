@@ -95,7 +95,8 @@ def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int, device: s
                    ort_max_abs_diff=f"{(a - c).abs().max().item():.1e}",
                    ort_same_actions=f"{((a @ head).argmax(1) == (c @ head).argmax(1)).float().mean().item():.3f}",
                    ort_resync_ms=round(1000 * resync, 1),
-                   ort_export_s=round(ort._inference.runner.seconds["export"], 1))
+                   ort_export_s=round(ort._inference.runner.seconds["export"], 1),
+                   ort_graph="cache" if ort._inference.runner.cache_hits else "exported")
     row.update(max_abs_diff=f"{(a - b).abs().max().item():.1e}",
                same_actions=f"{((a @ head).argmax(1) == (b @ head).argmax(1)).float().mean().item():.3f}",
                folded_bn=len(fast._inference.folds), resync_ms=round(1000 * timed(fast._inference.sync), 2))

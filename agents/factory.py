@@ -24,7 +24,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from rlvision import drqv2_policy, policy_kwargs as vision_policy_kwargs
 from rlvision.algorithms import ALGORITHMS, algorithm
 from rlvision.checks import check_int, check_keywords, check_range, init_keywords
-from rlvision.extractors import check_encoder_sharing
+from rlvision.extractors import DEFAULT_BACKBONE, check_encoder_sharing
 
 # name -> "module:Class", read from rlvision.algorithms; sb3-contrib's are imported only when asked for (extra:
 # rlvision[contrib])
@@ -161,7 +161,7 @@ def check_hyperparams(algo: str, hyperparams: dict[str, Any]) -> None:
                        f"make_agent({algo!r}) policy_kwargs ({policy_cls.__name__})")
 
 
-def make_agent(algo: str, env: VecEnv, backbone: str = "mobilenetv4_nano_rl", features_dim: int = 256,
+def make_agent(algo: str, env: VecEnv, backbone: str = DEFAULT_BACKBONE, features_dim: int = 256,
                backbone_kwargs: dict[str, Any] | None = None, tensorboard_log: str | None = None,
                seed: int | None = None, verbose: int = 0, device: str = "auto", memory_fraction: float = 0.8,
                pretrained: str | None = None, freeze_backbone: bool = False, encoder_sharing: str | None = None,

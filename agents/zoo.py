@@ -24,6 +24,7 @@ import yaml
 from rlvision import backbone_info
 from rlvision.algorithms import ALGORITHMS
 from rlvision.envs.factory import env_family
+from rlvision.extractors import DEFAULT_BACKBONE
 
 from .factory import DEFAULTS, policy_name
 
@@ -31,7 +32,7 @@ from .factory import DEFAULTS, policy_name
 ZOO_ALGOS = {row.zoo_name: name for name, row in ALGORITHMS.items() if row.zoo_name}
 
 
-def zoo_hyperparams(algo: str, env_id: str, backbone: str = "mobilenetv4_nano_rl", n_envs: int = 8,
+def zoo_hyperparams(algo: str, env_id: str, backbone: str = DEFAULT_BACKBONE, n_envs: int = 8,
                     n_timesteps: int = 1_000_000, **backbone_kwargs: Any) -> dict[str, dict[str, Any]]:
     """``{env_id: {...}}`` for a Zoo YAML: rlvision's defaults for ``algo`` (Zoo's name) and the encoder string."""
     if algo not in ZOO_ALGOS:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", required=True, help=f"Zoo's algorithm name: {', '.join(ZOO_ALGOS)}")
     parser.add_argument("--env", required=True, help="the env id you pass to rl_zoo3.train")
-    parser.add_argument("--backbone", default="mobilenetv4_nano_rl",
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
                         help='the rlvision encoder (default mobilenetv4_nano_rl)')
     parser.add_argument("--backbone-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{norm: gn}'")
     parser.add_argument("--n-envs", type=int, default=8, help='parallel envs in the Zoo file (default 8)')

@@ -8,7 +8,8 @@
 
 from . import backbones, sr  # noqa: F401  (registers every backbone family and SR stage)
 from .drq import drqv2_policy
-from .extractors import VisionCombinedExtractor, VisionExtractor, check_image_space, policy_kwargs
+from .extractors import (DEFAULT_BACKBONE, VisionCombinedExtractor, VisionExtractor, check_image_space,
+                         policy_kwargs)
 from .preprocess import (PreprocessStage, create_preprocess, list_preprocess, load_preprocess, preprocess_info,
                          register_preprocess, save_preprocess)
 from .registry import (Backbone, BackboneInfo, backbone_info, count_parameters, create_backbone, list_backbones,
@@ -16,6 +17,6 @@ from .registry import (Backbone, BackboneInfo, backbone_info, count_parameters, 
 
 __all__ = ["drqv2_policy", "PreprocessStage", "create_preprocess", "list_preprocess", "load_preprocess",
            "preprocess_info", "register_preprocess", "save_preprocess", "VisionCombinedExtractor", "VisionExtractor",
-           "check_image_space", "policy_kwargs", "Backbone", "BackboneInfo", "backbone_info", "count_parameters",
-           "create_backbone", "list_backbones", "register_backbone"]
+           "check_image_space", "policy_kwargs", "DEFAULT_BACKBONE", "Backbone", "BackboneInfo", "backbone_info",
+           "count_parameters", "create_backbone", "list_backbones", "register_backbone"]
 __version__ = "0.1.0"

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import yaml
 
+from .extractors import DEFAULT_BACKBONE
+
 # bracket options that configure the run rather than the extractor: a frozen encoder run once per env step
 # (rlvision.encode), SAC-style encoder sharing ("separate" | "actor" | "critic" = DrQ-v2, rlvision.drq), and the
 # algorithm of this entry instead of the run's (e.g. 'nature_cnn[algo=graphedppo]' next to 'nature_cnn')
@@ -53,7 +55,7 @@ class RunSpec:
     """
 
     env: str = "ALE/Pong-v5"
-    backbone: str = "mobilenetv4_nano_rl"
+    backbone: str = DEFAULT_BACKBONE
     options: dict[str, Any] = field(default_factory=dict)
     algo: str = "ppo"
     steps: int = 4096

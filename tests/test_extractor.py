@@ -129,17 +129,23 @@ def test_building_does_not_touch_batchnorm_statistics():
     assert int(bn.num_batches_tracked) == 0 and ext.training
 
 
-def test_defaults_are_the_fast_rl_preset():
+def test_every_entry_point_defaults_to_the_one_default_encoder():
     import inspect
 
+    import rlvision
     from rlvision.agents import make_agent
+    from rlvision.agents.zoo import zoo_hyperparams
     from rlvision.commands import train
+    from rlvision.runs import RunSpec
 
+    assert rlvision.DEFAULT_BACKBONE == "nature_cnn"  # BENCHMARKS.md "Learning v2" says why (issue 21)
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    assert VisionExtractor(space).backbone_name == "mobilenetv4_nano_rl"
-    assert policy_kwargs()["features_extractor_kwargs"]["backbone"] == "mobilenetv4_nano_rl"
-    assert inspect.signature(make_agent).parameters["backbone"].default == "mobilenetv4_nano_rl"
-    assert train.DEFAULT_CONFIG["backbone"] == "mobilenetv4_nano_rl"
+    assert VisionExtractor(space).backbone_name == rlvision.DEFAULT_BACKBONE
+    assert policy_kwargs()["features_extractor_kwargs"]["backbone"] == rlvision.DEFAULT_BACKBONE
+    for entry in (make_agent, zoo_hyperparams):
+        assert inspect.signature(entry).parameters["backbone"].default == rlvision.DEFAULT_BACKBONE
+    assert train.DEFAULT_CONFIG["backbone"] == rlvision.DEFAULT_BACKBONE
+    assert RunSpec().backbone == rlvision.DEFAULT_BACKBONE
 
 
 def test_encoder_is_the_extractor_without_sb3():
@@ -157,3 +163,16 @@ def test_encoder_is_the_extractor_without_sb3():
         assert torch.allclose(encoder(x), extractor(x), atol=1e-6)
     headless = Encoder((4, 84, 84), "nature_cnn", features_dim=None)
     assert headless.out_features == 64 * 7 * 7 and headless(x).shape == (3, 64 * 7 * 7)
+
+
+def test_weights_of_another_backbone_fail_with_how_to_load_them():
+    space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    nano = VisionExtractor(space, backbone="mobilenetv4_nano_rl").state_dict()
+    default = VisionExtractor(space)  # nature_cnn since issue 21
+    with pytest.raises(RuntimeError, match="not a 'nature_cnn'.*mobilenetv4_nano_rl before issue 21.*custom_objects"):
+        default.load_state_dict(nano)
+    default.load_state_dict(VisionExtractor(space).state_dict())  # its own layout loads
+    own = VisionExtractor(space).state_dict()
+    partial = {k: v for i, (k, v) in enumerate(own.items()) if i % 2}
+    result = default.load_state_dict(partial, strict=False)  # a partial state dict loads as torch loads it
+    assert result.missing_keys and not result.unexpected_keys

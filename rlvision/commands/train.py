@@ -31,10 +31,11 @@ from rlvision.agents.checkpoints import (CheckpointEvery, ContinuedLogger, check
                                          latest_checkpoint, load_checkpoint, save_checkpoint, truncate_tensorboard)
 from rlvision.agents.factory import DEFAULTS, check_hyperparams, check_replay_buffer
 from rlvision.envs import check_env_id, make_env
+from rlvision.extractors import DEFAULT_BACKBONE
 from rlvision.runs import check_entry
 
 DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
-                      backbone="mobilenetv4_nano_rl", backbone_kwargs={}, features_dim=256, hyperparams={},
+                      backbone=DEFAULT_BACKBONE, backbone_kwargs={}, features_dim=256, hyperparams={},
                       steps=50_000, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train",
                       run_name=None, threads=None, device="auto", normalize_reward=False, export=None)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--algo", required=True, help=f"Zoo's algorithm name: {', '.join(ZOO_ALGOS)}")
     parser.add_argument("--env", required=True, help="the env id you pass to rl_zoo3.train")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help='the rlvision encoder (default mobilenetv4_nano_rl)')
+                        help=f"the rlvision encoder (default {DEFAULT_BACKBONE})")
     parser.add_argument("--backbone-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{norm: gn}'")
     parser.add_argument("--n-envs", type=int, default=8, help='parallel envs in the Zoo file (default 8)')
     parser.add_argument("--n-timesteps", type=int, default=1_000_000, help="Zoo's n_timesteps (default 1,000,000)")

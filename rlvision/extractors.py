@@ -357,7 +357,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
             super().__setattr__(name, value)
 
     @staticmethod
-    def _before_load(module: "VisionExtractor", state_dict, prefix: str, _metadata=None, strict: bool = True,
+    def _before_load(module: "VisionExtractor", state_dict, prefix: str, _metadata=None, _strict: bool = True,
                      _missing=None, _unexpected=None, error_msgs=None) -> None:
         """A saved model being loaded acts as the model that was saved did: through the inference copy, which
         training switched on. SB3's ``load`` loads the whole policy, where the extractor sits under a network

@@ -86,7 +86,7 @@ bench-gpu: $(STAMP)
 # On a GPU machine add SWEEP_ARGS='--gpu 0.25 --cpus 2'.
 SWEEP_ARGS ?=
 LEARNING_V2 := norms_v2 learning_v2_doorkey learning_v2_doorkey_running learning_v2_doorkey_lin learning_v2_doorkey_ln learning_v2_lavagap \
-	learning_v2_synthetic \
+	learning_v2_synthetic learning_v2_lavagap_presets learning_v2_lavagap_impala learning_v2_doorkey_presets \
 	learning_v2_impala drqv2 sac_pixels sac_pixels_sb3_entropy
 bench-learning: $(STAMP)
 	for config in $(LEARNING_V2); do \

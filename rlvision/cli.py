@@ -67,5 +67,12 @@ def main(argv: list[str] | None = None):
         sys.argv = saved
 
 
+def console() -> int:
+    """The installed ``rlvision`` command: exit status 0 unless the command returns an int status (a command's
+    ``main`` may return its results, e.g. ``sweep``'s table, which must not become exit status 1)."""
+    result = main()
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
 if __name__ == "__main__":
     main()

@@ -61,3 +61,15 @@ def test_no_module_edits_sys_path_or_imports_a_script():
                     if re.search(r"sys\.path\.(insert|append)|PYTHONPATH|from experiments|import experiments", text):
                         offenders.append(os.path.join(folder, file))
     assert offenders == []
+
+
+def test_installed_command_exits_zero_when_a_command_returns_results(monkeypatch):
+    """`rlvision sweep` returns its table; the console entry point must not turn it into exit status 1."""
+    import rlvision.cli as cli
+
+    monkeypatch.setattr(cli, "main", lambda: [{"final_return": 1.0}])
+    assert cli.console() == 0
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    assert cli.console() == 3
+    monkeypatch.setattr(cli, "main", lambda: None)
+    assert cli.console() == 0

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_STEPS ?= 4096
 
-.PHONY: setup test demo bench bench-speed bench-gpu bench-learning clean
+.PHONY: setup test demo bench bench-speed bench-gpu bench-learning bench-export clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,17 @@ bench-learning: $(STAMP)
 	for config in $(LEARNING_V2); do \
 		$(BIN)/rlvision sweep --config experiments/configs/sweep_$$config.yaml --out runs/sweep-$$config $(SWEEP_ARGS) \
 			|| exit 1; done
+
+# Issue 22 (about 40 minutes on 2 cores): export of every small backbone (sizes, agreement, latency per runtime),
+# onnxruntime rollouts (same actions, PPO FPS, the ceiling any rollout backend can reach), evaluate_policy on a file.
+ORT_CACHE := RLVISION_CACHE_DIR=runs/ort-cache
+bench-export: $(STAMP)
+	$(BIN)/python experiments/bench_export.py
+	$(BIN)/python experiments/check_ort_actions.py --steps 4096
+	$(BIN)/python experiments/check_export_eval.py
+	$(ORT_CACHE) $(BIN)/python experiments/ort_loop_split.py --rounds 6
+	$(ORT_CACHE) $(BIN)/rlvision compare --env ALE/Pong-v5 --steps 32768 --threads 2 --no-progress --backbones \
+		'mobilenetv4_nano_rl[rollout_backend=onnxruntime],mobilenetv4_nano_rl,mobilenetv4_nano_rl[rollout_backend=onnxruntime]'
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache

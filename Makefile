@@ -101,6 +101,7 @@ bench-export: $(STAMP)
 	$(BIN)/python experiments/check_ort_actions.py --steps 4096
 	$(BIN)/python experiments/check_export_eval.py
 	$(ORT_CACHE) $(BIN)/python experiments/ort_loop_split.py --rounds 6
+	$(ORT_CACHE) $(BIN)/python experiments/ort_loop_split.py --rounds 6 --threads 2
 	$(ORT_CACHE) $(BIN)/rlvision compare --env ALE/Pong-v5 --steps 32768 --threads 2 --no-progress --backbones \
 		'mobilenetv4_nano_rl[rollout_backend=onnxruntime],mobilenetv4_nano_rl,mobilenetv4_nano_rl[rollout_backend=onnxruntime]'
 

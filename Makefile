@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_STEPS ?= 4096
 
-.PHONY: setup test demo bench bench-speed bench-gpu bench-learning bench-export clean
+.PHONY: setup test test-random demo bench bench-speed bench-gpu bench-learning bench-export clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The suite in a shuffled order across all files (pytest-random-order). The order's seed is printed first; rerun
+# that order with RANDOM_ORDER_SEED=N. Every test seeds its own RNGs (tests/conftest.py), so any order must pass.
+ifeq ($(RANDOM_ORDER_SEED),)
+RANDOM_ORDER_SEED := $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
+endif
+test-random: $(STAMP)
+	@echo "test order: RANDOM_ORDER_SEED=$(RANDOM_ORDER_SEED)"
+	$(BIN)/python -m pytest --random-order-bucket=global --random-order-seed=$(RANDOM_ORDER_SEED)
 
 demo: $(STAMP)
 	$(BIN)/rlvision compare --env ALE/Pong-v5 \

@@ -21,7 +21,7 @@ BatchNorm statistics moved by the train-mode pass are restored, and no optimizer
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -213,15 +213,19 @@ class EncoderDiagnostics(BaseCallback):
 
     :param batch: observations per report (64).
     :param every: at most one report per this many rollouts (1: as often as the budget allows).
-    :param budget: the largest share of training time the diagnostics may take (0.02).
+    :param budget: the largest share of training time the diagnostics may take (0.02); None: no time limit, a
+        report at every ``every``-th rollout (the same reports on any machine, e.g. for a study of one run).
+    :param clock: seconds for the budget (``time.perf_counter``).
     """
 
-    def __init__(self, batch: int = 64, every: int = 1, budget: float = 0.02, verbose: int = 0):
+    def __init__(self, batch: int = 64, every: int = 1, budget: float | None = 0.02, verbose: int = 0,
+                 clock: Callable[[], float] = time.perf_counter):
         super().__init__(verbose)
-        if batch < 2 or every < 1 or not 0 < budget <= 1:
-            raise ValueError(f"need batch >= 2, every >= 1 and 0 < budget <= 1; got batch={batch}, every={every}, "
-                             f"budget={budget}.")
+        if batch < 2 or every < 1 or not (budget is None or 0 < budget <= 1):
+            raise ValueError(f"need batch >= 2, every >= 1 and 0 < budget <= 1 (or None: no time limit); got "
+                             f"batch={batch}, every={every}, budget={budget}.")
         self.batch, self.every, self.budget = batch, every, budget
+        self._clock = clock
         self.history: list[dict[str, float]] = []
         self.spent = 0.0
         self._rollouts = 0
@@ -230,7 +234,7 @@ class EncoderDiagnostics(BaseCallback):
         self._rng = np.random.default_rng(0)
 
     def _on_training_start(self) -> None:
-        self._start = time.perf_counter()
+        self._start = self._clock()
 
     def _on_step(self) -> bool:
         return True
@@ -258,19 +262,20 @@ class EncoderDiagnostics(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self._rollouts += 1
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._clock() - self._start
         due = (self._rollouts - 1) % self.every == 0
-        affordable = not self.history or self.spent + self._last_cost <= self.budget * elapsed
+        affordable = (self.budget is None or not self.history
+                      or self.spent + self._last_cost <= self.budget * elapsed)
         if not (due and affordable):
             return
-        start = time.perf_counter()
+        start = self._clock()
         obs = self._sample()
         if obs is None:
             return
         report = encoder_report(self.model.policy, obs)
-        self._last_cost = time.perf_counter() - start
+        self._last_cost = self._clock() - start
         self.spent += self._last_cost
         for key, value in report.items():
             self.logger.record(f"encoder/{key}", value)
-        self.logger.record("encoder/cost", self.spent / max(time.perf_counter() - self._start, 1e-9))
+        self.logger.record("encoder/cost", self.spent / max(self._clock() - self._start, 1e-9))
         self.history.append(dict(report, steps=int(self.num_timesteps)))

@@ -44,6 +44,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from .quiet import quiet_exporter, quiet_native_stderr
+
 FORMATS = ("onnx", "torchscript", "executorch")
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "executorch": ".pte"}
 SUPPORTED = ("ppo", "a2c", "graphedppo", "trpo", "maskableppo", "recurrentppo", "sac", "td3", "tqc", "crossq", "dqn",
@@ -415,10 +417,7 @@ def _onnx_export(graph: _PolicyGraph, example: list[torch.Tensor], path: str, ba
                   dynamic_shapes=dynamic, external_data=False, verbose=False)
     if opset is not None:
         kwargs["opset_version"] = opset
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+    with quiet_exporter():
         torch.onnx.export(graph, tuple(example), path, **kwargs)
 
 
@@ -429,17 +428,18 @@ def _executorch_export(graph: _PolicyGraph, example: list[torch.Tensor], path: s
     backend to ``path + ".json"``."""
     import json
 
-    try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-    except ImportError as error:
-        raise ImportError("ExecuTorch export needs executorch: pip install 'rlvision[executorch]' (or use "
-                          "format='onnx').") from error
-    for tensor in [*graph.parameters(), *graph.buffers()]:  # XNNPACK's passes take contiguous (NCHW) weights only
-        tensor.data = tensor.data.contiguous()
-    program = torch.export.export(graph, tuple(example))
-    partitioner = [XnnpackPartitioner()] if backend == "xnnpack" else []
-    lowered = to_edge_transform_and_lower(program, partitioner=partitioner).to_executorch()
+    with quiet_exporter():
+        try:
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+        except ImportError as error:
+            raise ImportError("ExecuTorch export needs executorch: pip install 'rlvision[executorch]' (or use "
+                              "format='onnx').") from error
+        for tensor in [*graph.parameters(), *graph.buffers()]:  # XNNPACK's passes take contiguous (NCHW) weights
+            tensor.data = tensor.data.contiguous()
+        program = torch.export.export(graph, tuple(example))
+        partitioner = [XnnpackPartitioner()] if backend == "xnnpack" else []
+        lowered = to_edge_transform_and_lower(program, partitioner=partitioner).to_executorch()
     with open(path, "wb") as f:
         f.write(lowered.buffer)
     with open(path + ".json", "w") as f:
@@ -585,7 +585,8 @@ class ExecuTorchPolicy(OnnxPolicy):
         import json
 
         try:
-            from executorch.runtime import Runtime
+            with quiet_exporter():
+                from executorch.runtime import Runtime
         except ImportError as error:
             raise ImportError("Running an ExecuTorch policy needs executorch: pip install "
                               "'rlvision[executorch]'.") from error
@@ -600,7 +601,8 @@ class ExecuTorchPolicy(OnnxPolicy):
                              f"model again with `rlvision export MODEL.zip --format executorch --out {path}`.") \
                 from error
         try:
-            method = Runtime.get().load_program(path).load_method("forward")
+            with quiet_native_stderr():  # XNNPACK's C++ start-up lines (how it read the CPU)
+                method = Runtime.get().load_program(path).load_method("forward")
         except Exception as error:  # ExecuTorch raises RuntimeError/ValueError with its own codes
             raise ValueError(f"{path}: not a readable ExecuTorch program ({error}); export it again with "
                              f"`rlvision export MODEL.zip --format executorch --out {path}`.") from error

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import io
 import os
 import tempfile
 import time
@@ -33,6 +32,8 @@ import time
 import numpy as np
 import torch
 from torch import nn
+
+from .quiet import quiet_exporter
 
 CACHE_ENV = "RLVISION_CACHE_DIR"
 
@@ -118,7 +119,7 @@ class OrtRunner:
         state = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
         with tempfile.TemporaryDirectory(prefix="rlvision-ort-") as folder:
             path = os.path.join(folder, "m.onnx")
-            with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            with torch.no_grad(), quiet_exporter():
                 batch = torch.export.Dim("batch", min=1, max=1 << 16)
                 torch.onnx.export(self.model, (torch.zeros(2, *shape),), path, dynamo=True, input_names=["x"],
                                   output_names=["y"], dynamic_shapes=({0: batch},), external_data=False,

@@ -42,13 +42,15 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reset_peak_memory() -> None:
-    """Restart the peak-memory count at the current RSS (Linux >= 4.0: ``5 > /proc/self/clear_refs``)."""
+def reset_peak_memory() -> bool:
+    """Restart the peak-memory count at the current RSS (Linux >= 4.0: ``5 > /proc/self/clear_refs``). Returns
+    whether the system allowed it (elsewhere the count keeps the process's peak since it started)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
-        pass
+        return False
+    return True
 
 
 class _Clock:

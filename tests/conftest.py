@@ -1,4 +1,9 @@
+"""Shared fixtures. Nothing happens at import (test modules import helpers from here as ``conftest``): the session's
+settings are made in :func:`pytest_configure` and undone in :func:`pytest_unconfigure`."""
+
 import os
+import random
+import shutil
 import tempfile
 
 import gymnasium as gym
@@ -7,16 +12,60 @@ import pytest
 import torch
 from gymnasium import spaces
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
-# exported rollout graphs (rlvision.ort_backend) go to a folder of this test session, not the user's cache
-os.environ["RLVISION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rlvision-test-cache-")
-
 HAS_CUDA = torch.cuda.is_available()
+_SESSION: dict = {}
+
+
+def pytest_configure(config):
+    """One folder for everything the suite writes outside ``tmp_path`` (removed when the session ends): exported
+    rollout graphs (rlvision.ort_backend), the empty log folder SB3 makes for every ``learn`` without a log
+    folder, torch.compile's kernels. Subprocesses the tests start inherit these variables."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    folder = tempfile.mkdtemp(prefix="rlvision-test-")
+    _SESSION.update(folder=folder, environ={key: os.environ.get(key) for key in _ENV})
+    for key, sub in _ENV.items():
+        os.environ[key] = os.path.join(folder, sub)
+
+
+def pytest_unconfigure(config):
+    for key, value in _SESSION.pop("environ", {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if "folder" in _SESSION:
+        shutil.rmtree(_SESSION.pop("folder"), ignore_errors=True)
+
+
+_ENV = {"RLVISION_CACHE_DIR": "onnx-cache", "SB3_LOGDIR": "sb3-logs", "TORCHINDUCTOR_CACHE_DIR": "inductor"}
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _isolated():
+    """Every test starts from the same global state, whatever ran before it (the suite passes in any order:
+    ``make test-random``), and a test that leaves process-wide state changed fails itself, not a later test.
+
+    Seeded: Python's ``random``, NumPy's global generator (SB3's replay buffers sample from it) and torch.
+    Checked afterwards: ``torch.Tensor.backward`` (a profiler patches it while it runs), the working folder, the
+    default dtype and autograd mode. Restored silently: torch's thread count (``--threads`` of the commands sets it
+    for the process)."""
+    random.seed(0)
+    np.random.seed(0)
     torch.manual_seed(0)
+    before = dict(backward=torch.Tensor.backward, cwd=os.getcwd(), dtype=torch.get_default_dtype(),
+                  grad=torch.is_grad_enabled())
+    threads = torch.get_num_threads()
+    yield
+    after = dict(backward=torch.Tensor.backward, cwd=os.getcwd(), dtype=torch.get_default_dtype(),
+                 grad=torch.is_grad_enabled())
+    torch.Tensor.backward = before["backward"]
+    os.chdir(before["cwd"])
+    torch.set_default_dtype(before["dtype"])
+    torch.set_grad_enabled(before["grad"])
+    torch.set_num_threads(threads)
+    changed = [key for key in before if after[key] != before[key]]
+    if changed:
+        pytest.fail(f"the test left global state changed (now restored): {changed}")
 
 
 @pytest.fixture(params=["cpu", "cuda"])

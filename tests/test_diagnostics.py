@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
@@ -108,26 +109,72 @@ def test_gradient_share_of_known_gradients():
     assert gradient_share(policy, policy["encoder"]) == pytest.approx((36 / 164) ** 0.5)
 
 
-def test_callback_logs_under_encoder_and_keeps_within_its_budget(tmp_path):
+class FakeClock:
+    """Seconds that advance only when told: the budget rule on fixed times, whatever the machine's speed."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_callback_logs_under_encoder_at_every_due_rollout(tmp_path):
+    import csv
+
     from stable_baselines3.common.logger import configure
 
     env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=dict(size=48, grid=4))
     model = PPO("CnnPolicy", env, n_steps=16, batch_size=32, n_epochs=1, device="cpu", seed=0,
                 policy_kwargs=rlvision.policy_kwargs("mobilenetv4_nano_rl"))
     model.set_logger(configure(str(tmp_path), ["csv"]))
-    every_time = EncoderDiagnostics(budget=1.0)
+    every_time = EncoderDiagnostics(budget=None)
     model.learn(32 * 4, callback=every_time)
     assert [h["steps"] for h in every_time.history] == [32, 64, 96, 128]
-    header = open(tmp_path / "progress.csv").readline().split(",")
+    with open(tmp_path / "progress.csv", newline="") as f:
+        header = csv.DictReader(f).fieldnames
     assert {"encoder/value_rel_diff", "encoder/features_srank", "encoder/grad_share", "encoder/cost"} <= set(header)
-    stingy = EncoderDiagnostics(budget=1e-9)  # only the first report fits no budget at all
-    model.learn(32 * 4, callback=stingy)
-    assert len(stingy.history) == 1
-    sparse = EncoderDiagnostics(budget=1.0, every=3)
+    sparse = EncoderDiagnostics(budget=None, every=3)
     model.learn(32 * 6, callback=sparse)
-    assert len(sparse.history) == 2
+    assert [h["steps"] for h in sparse.history] == [32, 128]  # rollouts 1 and 4 of 6 (learn counts from 0 again)
     with pytest.raises(ValueError, match="budget"):
         EncoderDiagnostics(budget=0)
+    with pytest.raises(ValueError, match="budget"):
+        EncoderDiagnostics(budget=1.5)
+
+
+def test_callback_keeps_within_its_budget_of_training_time(monkeypatch):
+    """Times from a fake clock: each rollout 'takes' 1 s of training, each report 0.3 s. With a 10% budget the
+    first report always runs; a later one runs once spent + last cost <= 10% of the elapsed time."""
+    import rlvision.diagnostics as diagnostics
+
+    env = make_env("SyntheticPixel-v0", n_envs=2, seed=0, env_kwargs=dict(size=48, grid=4))
+    model = PPO("CnnPolicy", env, n_steps=16, batch_size=32, n_epochs=1, device="cpu", seed=0,
+                policy_kwargs=rlvision.policy_kwargs("nature_cnn"))
+    clock = FakeClock()
+    real_report = diagnostics.encoder_report
+
+    def report_taking_300_ms(*args, **kwargs):
+        clock.now += 0.3
+        return real_report(*args, **kwargs)
+
+    monkeypatch.setattr(diagnostics, "encoder_report", report_taking_300_ms)
+
+    class Timeline(BaseCallback):
+        """1 s of training per rollout, on the clock before the diagnostics read it (callbacks run in order)."""
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            clock.now += 1.0
+
+    callback = EncoderDiagnostics(budget=0.1, clock=clock)
+    model.learn(32 * 12, callback=[Timeline(), callback])
+    # elapsed when rollout r ends: r s + 0.3 s per report so far. Report 1 at rollout 1; report 2 needs
+    # 0.3 + 0.3 <= 0.1 * (r + 0.3): r = 6; report 3 needs 0.9 <= 0.1 * (r + 0.6): r = 9; report 4: r = 12
+    assert [h["steps"] for h in callback.history] == [32, 6 * 32, 9 * 32, 12 * 32]
+    assert callback.spent == pytest.approx(1.2)
 
 
 @pytest.mark.parametrize("algo", ["sac", "dqn"])

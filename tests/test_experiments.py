@@ -86,15 +86,14 @@ def test_bench_speed_prints_both_tables(tmp_path):
 
 def test_peak_memory_column_is_per_run(tmp_path):
     """A memory-hungry run first (the seed nano at 84x84 keeps full-resolution activations) must not raise the
-    next, light run's figure: each run has its own process. In one process the light run inherits the cache."""
+    next, light run's figure: each run has its own process. (Whether a light run in the same process would inherit
+    the heavy one's memory depends on what the allocator keeps cached, so that is not asserted.)"""
     common = ["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 84, grid: 3}", "--steps", "32", "--n-envs", "2",
               "--backbones", "mobilenetv4_nano,nature_cnn", "--hyperparams", "{n_steps: 16, batch_size: 32}",
               "--no-progress"]
     rows = compare_backbones.main(common + ["--logdir", str(tmp_path / "isolated")])
     heavy, light = (r["peak_memory_mb"] for r in rows)
     assert light < heavy - 150, (heavy, light)
-    same = compare_backbones.main(common + ["--logdir", str(tmp_path / "same"), "--same-process"])
-    assert same[1]["peak_memory_mb"] > light + 150  # what the column showed before: the earlier run's cache
 
 
 def test_compare_backbones_drqv2_sharing_and_learning_curves(tmp_path):

@@ -1,6 +1,7 @@
 """Export (issue 22): ONNX / TorchScript / ExecuTorch files of trained policies act as the SB3 model does."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -49,6 +50,20 @@ def test_ppo_with_batchnorm_exports_to_onnx_and_acts_as_sb3(tmp_path):
     assert len(episodes) == 2
     with pytest.raises(ValueError, match="deterministic=True"):
         policy.predict(obs, deterministic=False)
+
+
+def test_export_prints_its_result_and_nothing_else(tmp_path, capfd):
+    """Every export made torch's exporter print four "torchvision is not installed. Skipping torchvision::nms"
+    lines (rlvision never needs torchvision) and a FutureWarning of torch.export: not the user's business."""
+    model, _ = trained("ppo")
+    model.save(tmp_path / "m.zip")
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli(["export", str(tmp_path / "m.zip"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    out, err = capfd.readouterr()
+    assert len(out.splitlines()) == 1 and "actions equal: 100.0%" in out and err == ""
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
 
 
 def test_sac_actor_exports_with_unscaled_actions(tmp_path):
@@ -209,7 +224,10 @@ def test_executorch_file_acts_as_sb3_in_any_batch(tmp_path):
     pytest.importorskip("executorch")
     model, env = trained("ppo", "mobilenetv4_nano_rl")
     path = str(tmp_path / "policy.pte")
-    report = export.export_policy(model, path, format="executorch", with_value=True, log=lambda *_: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export.export_policy(model, path, format="executorch", with_value=True, log=lambda *_: None)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]  # torch.export's LeafSpec warnings
     assert report.action_agreement == 1.0 and report.max_diff["value"] < 1e-4
     assert sorted(os.listdir(tmp_path)) == ["policy.pte", "policy.pte.json"]  # no temporary file left
     policy = export.ExecuTorchPolicy(path)

@@ -13,7 +13,7 @@ from rlvision.agents import make_agent
 from rlvision.envs import make_env
 from rlvision import VisionExtractor
 from rlvision.inference import InferenceCopy, foldable_pairs
-from tests.conftest import HAS_CUDA, tolerance
+from conftest import HAS_CUDA, tolerance
 
 SPACE = spaces.Box(0, 255, (4, 84, 84), np.uint8)
 PRESETS = ["mobilenetv4_nano_rl", "mobilenetv4_small_rl"]

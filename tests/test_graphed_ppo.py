@@ -15,7 +15,7 @@ from rlvision.agents import make_agent
 from rlvision.cuda_graphs import CudaGraphStep
 from rlvision.envs import SyntheticPixelEnv, make_env
 from rlvision.ppo import GraphedPPO
-from tests.conftest import WithPosition
+from conftest import WithPosition
 
 SMALL = dict(size=36, grid=3)
 

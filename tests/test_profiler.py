@@ -1,7 +1,9 @@
 import csv
+import mmap
 import time
 
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import NatureCNN
@@ -11,7 +13,7 @@ from stable_baselines3.common.logger import configure
 from rlvision.agents import make_agent
 from rlvision.envs import make_env
 from rlvision.benchmark import benchmark_backbones
-from rlvision.profiler import PHASES, ThroughputProfiler, peak_memory_mb
+from rlvision.profiler import PHASES, ThroughputProfiler, peak_memory_mb, reset_peak_memory
 
 SMALL = dict(size=36, grid=3)
 
@@ -29,7 +31,9 @@ def run(algo, profiler=None, steps=256, seed=0, logdir=None, **hp):
 
 def check_phases(summary, wall):
     measured = sum(summary[f"{p}_s"] for p in PHASES if p != "other")
-    assert abs(summary["wall_s"] - wall) < 0.05 * wall + 0.05, (summary["wall_s"], wall)
+    # the profiler's clock runs from training start to end, inside learn(): never longer than learn, and learn's set-up
+    # (env reset, logger) is a small part of it (a ratio: a busy machine slows both alike)
+    assert 0.5 * wall < summary["wall_s"] <= wall, (summary["wall_s"], wall)
     assert measured <= summary["wall_s"] + 1e-6  # no phase counted twice
     assert abs(sum(summary[f"{p}_share"] for p in PHASES) - 1) < 1e-6
     for phase in ("env", "rollout_forward", "train_forward", "backward", "optimizer"):
@@ -100,13 +104,18 @@ def test_benchmark_rows_have_every_field(tmp_path):
 
 
 def test_peak_memory_is_per_run():
-    ballast = np.ones(400_000_000 // 8)  # ~400 MB peak before training, freed before it starts
-    ballast[:] = 1.0
-    before = peak_memory_mb()
-    del ballast
+    """The peak a run reports starts at the memory resident when it starts, not at the process's peak before it.
+    The ballast is an anonymous mmap: closing it unmaps it, so its pages leave the process whatever the allocator
+    keeps cached (memory freed by numpy or torch may stay resident)."""
+    ballast = mmap.mmap(-1, 400 << 20)
+    ballast.write(b"\1" * len(ballast))  # resident: ~400 MB above everything this process holds now
+    with_ballast = peak_memory_mb()
+    ballast.close()
+    if not reset_peak_memory():
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
     prof = ThroughputProfiler()
     run("ppo", prof, steps=64, n_steps=32, batch_size=32, n_epochs=1)
-    assert prof.summary()["peak_memory_mb"] < before - 200
+    assert prof.summary()["peak_memory_mb"] < with_ballast - 200
 
 
 def test_works_with_subproc_vec_env():

@@ -12,7 +12,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
 import rlvision
-from tests.conftest import WithPosition
+from conftest import WithPosition
 from rlvision.envs import SyntheticPixelEnv
 
 SMALL = dict(size=36, grid=3)

@@ -29,6 +29,7 @@ import torch
 from gymnasium import spaces
 
 import rlvision
+from rlvision.cuda_graphs import CudaGraphStep
 from rlvision.stats import markdown_table
 
 
@@ -163,34 +164,29 @@ def gpu_update_rows(name: str, space: spaces.Box, batch: int, rounds: int, compi
 
 
 def _gpu_update(space, name, reference, x, device, opts):
-    """One formulation of the minibatch update: (the function to time, seconds of its first call)."""
+    """One formulation of the minibatch update: (the function to time, seconds of its first call). The CUDA-graph
+    formulation is rlvision's one graph cache for training steps (:func:`rlvision.cuda_graphs.CudaGraphStep`, as
+    GraphedPPO uses it): eager warm-up steps, then one capture, then replays; its "first call" covers all of them."""
     model = rlvision.VisionExtractor(space, name, inference_copy=False).to(device).train()
     model.load_state_dict(reference.state_dict())
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True, capturable=bool(opts.get("graph")))
+    graphed = bool(opts.get("graph"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True, capturable=graphed)
     forward = torch.compile(model, mode=opts["compile"]) if "compile" in opts else model
 
-    def update(model=model, forward=forward, optimizer=optimizer, bf16=bool(opts.get("bf16"))):
-        optimizer.zero_grad(set_to_none=False)
+    def update(batch, forward=forward, optimizer=optimizer, bf16=bool(opts.get("bf16"))):
+        optimizer.zero_grad(set_to_none=True)  # gradients written at the same addresses on every replay
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            loss = forward(x).float().square().mean()
+            loss = forward(batch).float().square().mean()
         loss.backward()
         optimizer.step()
 
-    if opts.get("graph"):  # warm up on a side stream, then capture the whole update once and replay it
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                update()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        optimizer.zero_grad(set_to_none=False)
-        with torch.cuda.graph(graph):
-            update()
-        step = graph.replay
-    else:
-        step = update
-    return step, timed(step)  # the first call includes compilation for the compiled variants
+    if not graphed:
+        return (lambda: update(x)), timed(lambda: update(x))  # the first call includes compilation, if any
+    graph_step = CudaGraphStep(update, warmup=3)
+    first = timed(lambda: [graph_step(x) for _ in range(graph_step.warmup + 1)])  # warm-up steps and the capture
+    if graph_step.error is not None:
+        raise RuntimeError(graph_step.error)
+    return (lambda: graph_step(x)), first
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -124,8 +124,23 @@ def make_act(kind: str) -> nn.Module:
     return table[kind]()
 
 
+def folded_conv_weights(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of one conv that computes ``norm(conv(x))`` for a norm that normalises with its stored
+    statistics: ``s = gamma / sqrt(var + eps)``, ``weight * s``, ``beta + (bias - mean) * s``. Differentiable in the
+    conv's and the norm's parameters (the statistics are constants), so gradients equal those of conv -> norm."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    shift = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return conv.weight * scale.view(-1, 1, 1, 1), shift
+
+
 class ConvNormAct(nn.Sequential):
-    """Conv2d (same padding, no bias by default) -> norm -> activation. (B, Cin, H, W) -> (B, Cout, H/s, W/s)."""
+    """Conv2d (same padding, no bias by default) -> norm -> activation. (B, Cin, H, W) -> (B, Cout, H/s, W/s).
+
+    Where the norm normalises with stored statistics in every forward (``frozen_bn``), the conv and the norm run as
+    one conv with reparameterised weights (:func:`folded_conv_weights`), in training too: the same function and the
+    same gradients, without the norm's pass over the activations. State-dict keys stay ``conv.*``, ``norm.*``."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
                  norm: str = "bn", act: str = "relu", bias: bool = False):
@@ -133,6 +148,13 @@ class ConvNormAct(nn.Sequential):
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=bias)
         self.norm = make_norm(norm, out_chs)
         self.act = make_act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.norm) is FrozenBatchNorm2d:
+            conv = self.conv
+            weight, bias = folded_conv_weights(conv, self.norm)
+            return self.act(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
+        return super().forward(x)
 
 
 class LayerScale2d(nn.Module):

@@ -76,11 +76,15 @@ def test_bench_speed_prints_both_tables(tmp_path):
     from rlvision.commands import bench_speed
     bench_speed.main(["--backbones", "mobilenetv4_nano_rl", "--train-backbones", "nature_cnn", "--input", "4x48x48",
                       "--rollout-batch", "2", "--train-batch", "4", "--rounds", "2", "--train-rounds", "1",
-                      "--no-compile", "--out", str(tmp_path)])
+                      "--no-compile", "--loop-backbones", "nature_cnn,mobilenetv4_nano_rl", "--sides", "40",
+                      "--loop-rounds", "1", "--out", str(tmp_path)])
     text = (tmp_path / "speed.md").read_text()
+    loop = text.split("RL loop")[1].split("Rollout forward")[0]
+    assert "| nature_cnn | 40 |" in loop and "| mobilenetv4_nano_rl | 40 |" in loop and "per_1024_vs_first" in loop
     assert "| mobilenetv4_nano_rl |" in text and "| nature_cnn | channels_last |" in text
-    header = [c.strip() for c in text.split("| backbone |")[1].split("\n")[0].split("|")]
-    row = [c.strip() for c in text.split("| mobilenetv4_nano_rl |")[1].split("\n")[0].split("|")]
+    rollout = text.split("Rollout forward")[1]
+    header = [c.strip() for c in rollout.split("| backbone |")[1].split("\n")[0].split("|")]
+    row = [c.strip() for c in rollout.split("| mobilenetv4_nano_rl |")[1].split("\n")[0].split("|")]
     assert row[header.index("same_actions")] == "1.000"
 
 

@@ -211,6 +211,16 @@ def test_model_saved_with_the_frozen_bn_preset_loads_and_acts_identically():
     assert _norm_types(model) == {"FrozenBatchNorm2d"}
 
 
+def test_model_saved_with_nature_cnn_as_the_default_loads_and_acts_as_nature_cnn():
+    """The zip was saved at 61270d4 with no encoder named, when the default was nature_cnn: it names its encoder in
+    its kwargs, so it rebuilds as nature_cnn whatever rlvision.DEFAULT_BACKBONE is now, and acts as it did."""
+    saved = np.load(os.path.join(DATA, "ppo_default_61270d4.npz"))
+    model = PPO.load(os.path.join(DATA, "ppo_default_61270d4.zip"), device="cpu")
+    assert model.policy_kwargs["features_extractor_kwargs"]["backbone"] == "nature_cnn"
+    assert model.policy.features_extractor.backbone_name == "nature_cnn"
+    _act(model, saved)
+
+
 def test_saved_kwargs_pin_the_preset_and_the_init(tmp_path):
     model = _ppo("mobilenetv4_nano_rl")
     kwargs = model.policy_kwargs["features_extractor_kwargs"]

@@ -361,6 +361,76 @@ RL_PRESETS = {
 }
 
 
+# --- block strings: a variant in one line (RL presets designed on the device, and the search over them) ------------
+
+BLOCK_FIELDS = {  # kind: (its spec tuple's fields in order, defaults)
+    "cn": (("c", "k", "s"), dict(k=3, s=1)),
+    "er": (("c", "e", "k", "s"), dict(e=4, k=3, s=1)),
+    "uir": (("c", "e", "a", "k", "s", "r"), dict(e=4, a=0, k=3, s=1, r=1)),
+    "se": (("d",), {}),
+    "mqa": (("h", "d", "v"), dict(h=4, d=64, v=1)),
+}
+_SPEC_KIND = {"cn": "conv", "er": "fused", "uir": "uib", "se": "se", "mqa": "mqa"}
+
+
+def parse_blocks(text: str) -> list[tuple]:
+    """Block specs from a block string: blocks joined by ``-``, each ``kind_field..._field`` with one-letter fields
+    followed by an int: ``cn_c16_k4_s4-er_c32_e2_s2-er_c32_e2-uir_c32_e4_a3_k0``.
+
+    Kinds and fields: ``cn`` conv-norm-act (``c`` out, ``k`` kernel 3, ``s`` stride 1); ``er`` FusedIB (``c``, ``e``
+    expansion 4 of its input width, ``k`` 3, ``s`` 1); ``uir`` UIB (``c``, ``e`` 4, ``a`` start depthwise kernel 0 =
+    none, ``k`` middle depthwise kernel 3 (0 = none), ``s`` 1); ``se`` squeeze-excite (``d`` squeeze width);
+    ``mqa`` mobile MQA (``h`` heads 4, ``d`` key dim 64, ``v`` key/value stride 1). ``r`` repeats any block (the
+    stride on the first). Raises a ValueError that names the block at fault."""
+    specs: list[tuple] = []
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"blocks must be a non-empty block string such as 'cn_c16_k4_s4-er_c32_e2_s2', got {text!r}.")
+    for block in text.strip().split("-"):
+        kind, *fields = block.split("_")
+        if kind not in BLOCK_FIELDS:
+            raise ValueError(f"block {block!r}: unknown kind {kind!r}; choose one of {sorted(BLOCK_FIELDS)}.")
+        names, defaults = BLOCK_FIELDS[kind]
+        values = dict(defaults, r=1)
+        for item in fields:
+            key, digits = item[:1], item[1:]
+            if key not in names + ("r",) or not digits.isdigit():
+                raise ValueError(f"block {block!r}: field {item!r} is not one of {', '.join(names + ('r',))} "
+                                 f"followed by an integer (e.g. {kind}_{names[0]}16).")
+            values[key] = int(digits)
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ValueError(f"block {block!r} needs {', '.join(missing)} (e.g. {kind}_{missing[0]}32).")
+        repeats = values.pop("r")
+        if repeats < 1:
+            raise ValueError(f"block {block!r}: r must be >= 1.")
+        if kind == "uir":  # the uib spec carries its repeats
+            specs.append(("uib", values["c"], values["e"], values["a"], values["k"], values["s"], repeats))
+            continue
+        spec = (_SPEC_KIND[kind], *(values[n] for n in names))
+        specs.append(spec)
+        for _ in range(repeats - 1):  # later repeats at stride 1
+            specs.append(tuple(1 if n == "s" else v for n, v in zip(("kind",) + names, spec)))
+    return specs
+
+
+def mobilenetv4_blocks(in_channels: int = 3, num_classes: int = 0, blocks: str | None = None,
+                       norm: str = "running_bn", act: str = "relu", residual: bool = True) -> MobileNetV4:
+    """A MobileNet-v4 from a block string (:func:`parse_blocks`): paper-style blocks (linear projections, skips
+    where a block keeps its shape), ``norm`` and ``act`` after every conv, a GroupNorm head for ``num_classes`` > 0
+    (works at batch 1). The RL presets below are such strings, chosen by measuring candidates on the device."""
+    style = replace(PAPER_STYLE, norm=norm, act=act, residual=residual)
+    return MobileNetV4(parse_blocks(blocks), in_channels, num_classes, style, ("seed", 128, 0.0, "gn"))
+
+
+# RL presets designed on the device (issue 31: rlvision design, BENCHMARKS.md "MobileNet-v4 that wins per second"):
+# block strings chosen by measuring candidates' compute in PPO's two regimes on the device against a short learning
+# proxy. On a 2-core CPU the front is the shallowest design: a 4x4 stride-4 stem (as NatureCNN's first layer) and one
+# stride-2 FusedIB (a dense 3x3 conv, faster than depthwise + pointwise on CPUs), running_bn (acting = learning).
+BLOCK_PRESETS = {
+    "mobilenetv4_cpu_rl": dict(blocks="cn_c16_k4_s4-er_c32_e2_s2", norm="running_bn", act="relu", residual=True),
+}
+
+
 # --- the paper's configs (Qin et al. 2024, Tables 10-14) --------------------------------------------------------
 
 def _uib(out: int, exp: float, start_k: int, mid_k: int, stride: int = 1, n: int = 1) -> tuple:
@@ -448,6 +518,12 @@ def _register() -> None:
                           **{**row._asdict(), **changes})
     register_backbone("mobilenetv4_custom", mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=8,
                       description="seed MobileNet-v4 builder with the seed README's keyword arguments")
+    register_backbone("mobilenetv4_blocks", mobilenetv4_blocks, family="mobilenetv4", min_input_size=8,
+                      description="MobileNet-v4 from a block string (blocks='cn_c16_k4_s4-er_c32_e2_s2-...')")
+    for name, kwargs in BLOCK_PRESETS.items():
+        net = mobilenetv4_blocks(blocks=kwargs["blocks"])
+        register_backbone(name, mobilenetv4_blocks, family="mobilenetv4", min_input_size=net.total_stride,
+                          description=f"RL preset designed on a CPU: {kwargs['blocks']}, {kwargs['norm']}", **kwargs)
     for name in PAPER_VARIANTS:
         register_backbone(name, functools.partial(mobilenetv4_paper, name), family="mobilenetv4",
                           min_input_size=32, load_pretrained=load_timm_checkpoint,

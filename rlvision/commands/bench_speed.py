@@ -1,7 +1,14 @@
-"""What rlvision's speed path buys, measured side by side in one process (issue 6).
+"""What each encoder costs in the RL loop (issue 31), and what rlvision's speed path buys (issue 6), measured side by
+side in one process.
 
     rlvision bench-speed --backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl,mnv4_conv_small
 
+0. The RL loop's two regimes (:mod:`rlvision.loop_cost`), for every ``--loop-backbones`` entry at every
+   ``--sides`` frame side, on the CPU and on CUDA when torch sees a GPU: the rollout forward (batch 8, eval mode,
+   inside SB3's PPO policy) and the update step (batch 256: forward, backward, gradient clipping, fused Adam). Per
+   regime: aten calls, milliseconds, FLOPs, achieved GFLOP/s; compute per 1,024 env steps (128 rollout forwards +
+   16 update steps) and its ratio to the first entry; a fitted split of each time into per-call overhead and
+   arithmetic (one fit per device). The backbones are timed in alternation, round by round.
 1. Rollout forward at batch 8: the encoder in plain eval mode (contiguous weights, ``torch.no_grad``, what SB3 does
    with any extractor) against rlvision's inference path (the extractor's InferenceCopy: BatchNorm folded,
    channels_last, ``torch.inference_mode``). The two are timed in alternation, call by call, so machine drift hits
@@ -31,6 +38,32 @@ from gymnasium import spaces
 import rlvision
 from rlvision.cuda_graphs import CudaGraphStep
 from rlvision.stats import markdown_table
+
+
+# the small backbones (the RL presets and the encoders of their size), the reference first
+LOOP_BACKBONES = ("nature_cnn", "impala_cnn", "mobilenetv4_nano_rl", "mobilenetv4_small_rl", "mnv4_conv_small",
+                  "rest_rl", "cyclemlp_rl", "conformer_rl")
+LOOP_COLUMNS = ("backbone", "side", "rollout_calls", "rollout_ms", "update_calls", "update_ms", "update_gflop",
+                "update_gflops", "per_1024_ms", "per_1024_vs_first", "update_calls_vs_first", "rollout_overhead_ms",
+                "update_overhead_ms", "update_arithmetic_ms")
+
+
+def loop_table(backbones: list[str], sides: list[int], channels: int, rounds: int) -> str:
+    """The RL-loop table (rlvision.loop_cost) on the CPU, and on CUDA when present, as markdown."""
+    from rlvision.loop_cost import fit_overhead, measure
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    text = ""
+    for device in devices:
+        rows = measure(backbones, sides, channels=channels, device=device, rounds=rounds)
+        per_call_us, gflops = fit_overhead(rows)
+        where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+        text += (f"RL loop, PPO's two regimes inside SB3's policy ({where}; {channels}-channel frames; medians of "
+                 f"{rounds} alternating rounds). per_1024_ms = 128 rollout forwards (batch 8) + 16 update steps "
+                 f"(batch 256); ratios to {backbones[0]} at the same side. Fit: {per_call_us:.1f} us per aten call "
+                 f"+ {gflops:.1f} GFLOP/s.\n\n"
+                 f"{markdown_table([{k: r.row()[k] for k in LOOP_COLUMNS} for r in rows])}\n\n")
+    return text
 
 
 def sync() -> None:
@@ -191,6 +224,14 @@ def _gpu_update(space, name, reference, x, device, opts):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loop-backbones", default=",".join(LOOP_BACKBONES),
+                        help="backbones for the RL-loop table ('' to skip it); the first is the reference of the "
+                             f"ratios (default {','.join(LOOP_BACKBONES)})")
+    parser.add_argument("--sides", default="56,84", help="frame sides of the RL-loop table (default 56,84)")
+    parser.add_argument("--loop-channels", type=int, default=3,
+                        help="frame channels of the RL-loop table (default 3: RGB, as MiniGrid)")
+    parser.add_argument("--loop-rounds", type=int, default=7,
+                        help="alternating timed rounds of the RL-loop table (default 7)")
     parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl,mobilenetv4_small_rl,"
                                                "mnv4_conv_small", help="backbones for the rollout-forward table")
     parser.add_argument("--train-backbones", default="nature_cnn,mobilenetv4_nano_rl,mnv4_conv_small",
@@ -215,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     space = spaces.Box(0, 255, shape, np.uint8)
     torch.manual_seed(0)
 
+    text = ""
+    loop = [b for b in args.loop_backbones.split(",") if b]
+    if loop:
+        text += loop_table(loop, [int(v) for v in args.sides.split(",")], args.loop_channels, args.loop_rounds)
+        print(text, flush=True)
+
     rollout = []
     for name in filter(None, args.backbones.split(",")):
         rollout.append(rollout_row(name, space, args.rollout_batch, args.rounds, args.device, args.onnxruntime))
@@ -229,8 +276,8 @@ def main(argv: list[str] | None = None) -> None:
         print(training[-1], flush=True)
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
-    text = (f"Rollout forward, batch {args.rollout_batch}, input {args.input}, {where} "
-            f"(median of {args.rounds} alternating calls):\n\n{markdown_table(rollout)}\n")
+    text += (f"Rollout forward, batch {args.rollout_batch}, input {args.input}, {where} "
+             f"(median of {args.rounds} alternating calls):\n\n{markdown_table(rollout)}\n")
     if training:
         what = "Minibatch update (fwd+bwd+Adam)" if args.device.startswith("cuda") else "Forward+backward"
         text += (f"\n{what}, batch {args.train_batch}, train mode (median of {args.train_rounds} "

@@ -8,12 +8,13 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import NatureCNN
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 from rlvision.agents import make_agent
 from rlvision.envs import make_env
 from rlvision.benchmark import benchmark_backbones
-from rlvision.profiler import PHASES, ThroughputProfiler, peak_memory_mb, reset_peak_memory
+from rlvision.profiler import PHASES, ThroughputProfiler, peak_memory_mb, profile, reset_peak_memory
 
 SMALL = dict(size=36, grid=3)
 
@@ -125,3 +126,76 @@ def test_works_with_subproc_vec_env():
     model.learn(128, callback=prof)
     assert prof.totals["env_steps"] == 128 and prof.summary()["env_s"] > 0
     env.close()
+
+
+class Boom(Exception):
+    pass
+
+
+class RaiseAt(BaseCallback):
+    """Raises inside learn() at env step ``at`` (a KeyboardInterrupt or an error in a user's callback)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.at:
+            raise Boom
+        return True
+
+
+def untouched(model):
+    """Nothing of a profiler is left: no global patch, no timer on the env, modules, parameters or optimizer."""
+    env, opt = model.get_env(), model.policy.optimizer
+    return (torch.Tensor.backward is BACKWARD and "step_wait" not in vars(env) and "step_async" not in vars(env)
+            and not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in model.policy.modules())
+            and not any(p._post_accumulate_grad_hooks for p in model.policy.parameters()))
+
+
+BACKWARD = torch.Tensor.backward
+
+
+def small_ppo(seed=0):
+    env = make_env("SyntheticPixel-v0", n_envs=2, seed=seed, env_kwargs=SMALL)
+    return make_agent("ppo", env, backbone="mobilenetv4_custom", seed=seed, n_steps=32, batch_size=32, n_epochs=1)
+
+
+def test_profile_context_measures_a_run_and_leaves_nothing_behind():
+    model = small_ppo()
+    start = time.perf_counter()
+    with profile(model, min_record_s=0) as session:
+        model.learn(128)
+    wall = time.perf_counter() - start
+    check_phases(session.summary(), wall)
+    assert session.totals["env_steps"] == 128 and session.totals["train_samples"] == 128
+    assert untouched(model)
+
+
+def test_learn_raising_inside_a_profiled_run_leaves_backward_env_and_optimizer_as_they_were():
+    model = small_ppo()
+    with pytest.raises(Boom):
+        with profile(model):
+            model.learn(256, callback=RaiseAt(100))
+    assert untouched(model)
+    callback = ThroughputProfiler()  # the callback form: SB3 skips _on_training_end, close() undoes it
+    with pytest.raises(Boom):
+        model.learn(256, callback=[callback, RaiseAt(100)])
+    assert torch.Tensor.backward is BACKWARD  # nothing global, even before close()
+    callback.close()
+    assert untouched(model)
+    model.learn(64)  # and training goes on as before
+
+
+def test_nested_and_sequential_sessions_count_only_their_own_steps():
+    model = small_ppo()
+    with profile(model) as outer:
+        model.learn(64)
+        with profile(model) as inner:
+            model.learn(64, reset_num_timesteps=False)
+        model.learn(64, reset_num_timesteps=False)
+    assert outer.totals["env_steps"] == 192 and inner.totals["env_steps"] == 64
+    with profile(model) as again:
+        model.learn(64)
+    assert again.totals["env_steps"] == 64 and untouched(model)

@@ -8,8 +8,9 @@ if getattr(_package, "__file__", None) is None:  # a folder named rlvision witho
                       f"installed package; run from another directory, or rename or remove that folder.")
 
 from .evaluation import PeriodicEvaluation, evaluate_agent
-from .factory import (ALGOS, DEFAULTS, ReplayBufferTooLarge, algo_class, make_agent, replay_buffer_bytes,
-                      resolve_schedules)
+from .factory import (ALGOS, DEFAULTS, ReplayBufferTooLarge, ReplayBufferTooLargeError, algo_class, make_agent,
+                      replay_buffer_bytes, resolve_schedules)
 
-__all__ = ["PeriodicEvaluation", "evaluate_agent", "ALGOS", "DEFAULTS", "algo_class", "ReplayBufferTooLarge",
+__all__ = ["PeriodicEvaluation", "evaluate_agent", "ALGOS", "DEFAULTS", "algo_class", "ReplayBufferTooLargeError",
+           "ReplayBufferTooLarge",
            "make_agent", "replay_buffer_bytes", "resolve_schedules"]

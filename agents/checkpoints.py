@@ -136,7 +136,7 @@ class ContinuedLogger(Logger):
         super().record(key, value, exclude)
 
     @classmethod
-    def resuming(cls, logger: Logger, model: BaseAlgorithm, checkpoint: str) -> "ContinuedLogger":
+    def resuming(cls, logger: Logger, model: BaseAlgorithm, checkpoint: str) -> ContinuedLogger:
         """``logger`` continuing the counters of ``model``, just loaded from ``checkpoint``."""
         meta = checkpoint_meta(checkpoint)
         offsets = {"time/time_elapsed": float(meta.get("time_elapsed", 0.0))}

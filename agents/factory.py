@@ -74,8 +74,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class ReplayBufferTooLarge(MemoryError):
+class ReplayBufferTooLargeError(MemoryError):
     """The replay buffer would not fit in the memory available."""
+
+
+ReplayBufferTooLarge = ReplayBufferTooLargeError  # the name before issue 33 (ruff N818), kept for old imports
 
 
 def replay_buffer_bytes(observation_space: spaces.Space, buffer_size: int, optimize_memory_usage: bool = False) -> int:
@@ -112,7 +115,7 @@ def check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], mem
             tips.append("optimize_memory_usage=True, replay_buffer_kwargs=dict(handle_timeout_termination=False) "
                         "(halves it)")
         tips.append("a low-resolution or greyscale observation")
-        raise ReplayBufferTooLarge(
+        raise ReplayBufferTooLargeError(
             f"{algo.upper()} replay buffer of {size:,} x {env.observation_space.shape} {env.observation_space.dtype} "
             f"observations needs {need / 2**30:.1f} GiB, more than {memory_fraction:.0%} of the "
             f"{avail / 2**30:.1f} GiB available. Use " + ", or ".join(tips) + ".")
@@ -169,7 +172,7 @@ def make_agent(algo: str, env: VecEnv, backbone: str = DEFAULT_BACKBONE, feature
     """An SB3 or sb3-contrib ``algo`` (a key of ALGOS) on ``env`` with the rlvision ``backbone`` as encoder.
 
     :param backbone_kwargs: passed to the backbone builder (and ``pool``/``normalized_image`` to the extractor).
-    :param memory_fraction: replay-buffer algorithms refuse (ReplayBufferTooLarge) a buffer needing more than this
+    :param memory_fraction: replay-buffer algorithms refuse (ReplayBufferTooLargeError) a buffer needing more than this
         fraction of available memory.
     :param pretrained: a timm MobileNetV4 checkpoint for an ``mnv4_*`` backbone (README: "Pretrained encoders");
         ``freeze_backbone=True`` keeps it frozen (see also ``rlvision.encode.VecEncode`` for PPO).

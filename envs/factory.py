@@ -19,7 +19,8 @@ passed to gymnasium as ``module:EnvId`` (``ale_py:ALE/Pong-v5``, ...) so Subproc
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import gymnasium as gym
 from stable_baselines3.common.env_util import make_vec_env

@@ -16,7 +16,8 @@ only at game over, as Monitor below AtariWrapper does).
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import gymnasium as gym
 import numpy as np

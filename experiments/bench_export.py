@@ -27,7 +27,7 @@ import torch
 import rlvision
 from rlvision.agents import make_agent
 from rlvision.envs import make_env
-from rlvision.export import ExecuTorchPolicy, ExportMismatch, OnnxPolicy, export_policy
+from rlvision.export import ExecuTorchPolicy, ExportMismatchError, OnnxPolicy, export_policy
 from rlvision.stats import markdown_table
 
 SMALL = ("nature_cnn,impala_cnn,mobilenetv4_nano_rl,mobilenetv4_small_rl,mnv4_conv_small,rest_rl,cyclemlp_rl,"
@@ -87,7 +87,7 @@ def main(argv=None):
                     et = export_policy(model, path, format="executorch", batch=batch, n_check=256,
                                        log=lambda *_: None)
                     pte[batch] = path
-                except ExportMismatch as error:  # the exporter refused the file: say so in the table
+                except ExportMismatchError as error:  # the exporter refused the file: say so in the table
                     et_failed = str(error).split("actions equal: ")[1].split(".")[0] + "% (refused)"
                     print(f"{name}: ExecuTorch {error}", flush=True)
                     pte = {}
@@ -109,14 +109,15 @@ def main(argv=None):
             for batch in (1, 8):
                 obs = np.stack([model.observation_space.sample() for _ in range(batch)])
 
-                def sb3(active):
+                def sb3(active, extractor=extractor, model=model, obs=obs):
                     def run():
                         extractor.inference_copy_active = active
                         model.predict(obs, deterministic=True)
                     return run
-                fns = {"plain": sb3(False), "copy": sb3(True), "ort": lambda: onnx.predict(obs)}
+                fns = {"plain": sb3(False), "copy": sb3(True), "ort": lambda onnx=onnx, obs=obs: onnx.predict(obs)}
                 if pte:
-                    fns["et"] = (lambda policy: lambda: policy.predict(obs))(ExecuTorchPolicy(pte[batch]))
+                    fns["et"] = (lambda policy, obs=obs: lambda obs=obs: policy.predict(obs))(
+                        ExecuTorchPolicy(pte[batch]))
                 times = alternate(fns, args.rounds)
                 fastest = min(times, key=times.get)
                 latency.append(dict(backbone=name, threads=threads, batch=batch,

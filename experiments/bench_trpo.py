@@ -10,7 +10,7 @@ import statistics
 import time
 
 import torch
-from sb3_contrib import TRPO as ContribTRPO
+from sb3_contrib import TRPO as ContribTRPO  # noqa: N811 (an acronym class, not a constant)
 
 import rlvision
 from rlvision.envs import make_env

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         model.learn(args.steps, callback=callback)
         actions[backend] = callback.rollouts
         env.close()
-    same = [float((a == b).mean()) for a, b in zip(actions["torch"], actions["onnxruntime"])]
+    same = [float((a == b).mean()) for a, b in zip(actions["torch"], actions["onnxruntime"], strict=False)]
     for i, share in enumerate(same):
         print(f"rollout {i}: {share:.1%} of actions identical")
     return 0 if all(share == 1.0 for share in same) else 1

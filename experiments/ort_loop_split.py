@@ -75,7 +75,8 @@ def main(argv=None) -> int:
             times[name]["rollout"].append(middle - start)
             times[name]["update"].append(time.perf_counter() - middle)
     steps = arms["torch"][0].n_steps * arms["torch"][0].env.num_envs
-    loops = {name: statistics.median(r + u for r, u in zip(t["rollout"], t["update"])) for name, t in times.items()}
+    loops = {name: statistics.median(r + u for r, u in zip(t["rollout"], t["update"], strict=True))
+             for name, t in times.items()}
     print(f"{args.backbone}, PPO on Pong x8, {steps} steps per rollout, {args.threads} thread(s), "
           f"medians of {args.rounds} rounds\n")
     print("| arm | rollout s | update s | loop s | rollout share | FPS | vs torch |")

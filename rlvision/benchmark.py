@@ -8,7 +8,8 @@ import csv
 import gc
 import os
 import statistics
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch

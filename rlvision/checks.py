@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 def accepted_keywords(builder: Callable[..., Any]) -> list[str] | None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -154,7 +155,7 @@ class CudaGraphCache:
         """Copy ``inputs`` into the captured graph ``entry``'s static inputs and replay it (its own method, so that
         rlvision.profiler can time replays: hooks inside ``fn`` do not run in a replay)."""
         graph, static, out = entry
-        for dst, src in zip(static, inputs):
+        for dst, src in zip(static, inputs, strict=False):
             dst.copy_(src)
         graph.replay()
         return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

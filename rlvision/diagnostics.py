@@ -21,7 +21,8 @@ BatchNorm statistics moved by the train-mode pass are restored, and no optimizer
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ def distribution_kl(pd: Any, qd: Any) -> torch.Tensor:
     from torch.distributions import kl_divergence
 
     if isinstance(pd, list):  # MultiCategorical
-        return sum(kl_divergence(a, b) for a, b in zip(pd, qd))
+        return sum(kl_divergence(a, b) for a, b in zip(pd, qd, strict=False))
     kl = kl_divergence(pd, qd)
     return kl.sum(-1) if kl.dim() > 1 else kl
 

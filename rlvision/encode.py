@@ -34,7 +34,7 @@ class FrozenEncoder(Encoder):
         self.features_dim = self.out_features
         self.requires_grad_(False).eval()
 
-    def train(self, mode: bool = True) -> "FrozenEncoder":
+    def train(self, mode: bool = True) -> FrozenEncoder:
         return super().train(False)  # frozen: BatchNorm statistics never update
 
     @torch.inference_mode()
@@ -73,7 +73,7 @@ class VecEncode(VecEnvWrapper):
             frames = np.stack([infos[i]["terminal_observation"] for i in done])
             batch = self.encode(np.concatenate([obs, frames]))
             obs = batch[: len(obs)]
-            for i, features in zip(done, batch[len(obs):]):
+            for i, features in zip(done, batch[len(obs):], strict=False):
                 infos[i]["terminal_observation"] = features
         else:
             obs = self.encode(obs)

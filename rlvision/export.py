@@ -25,7 +25,7 @@ small; a ``.pte.json`` next to it names the inputs and outputs; larger batches a
 After writing, the file is run (onnxruntime for ONNX, torch for TorchScript, ExecuTorch's Python runtime for
 ``.pte``) on ``n_check`` observations drawn from the observation space (or from an env,
 ``obs_from``) and compared with the SB3 model: the max difference of every output and the action agreement are
-printed; a mismatch raises :class:`ExportMismatch` with the numbers and the file is removed. :class:`OnnxPolicy`
+printed; a mismatch raises :class:`ExportMismatchError` with the numbers and the file is removed. :class:`OnnxPolicy`
 and :class:`ExecuTorchPolicy` run an exported file with SB3's ``predict`` signature, so SB3's ``evaluate_policy``
 takes them directly. Needs ``pip install 'rlvision[export]'`` (onnx, onnxruntime, onnxscript); ExecuTorch needs
 ``pip install 'rlvision[executorch]'`` (executorch 1.5.1, checked with rlvision's torch 2.13; it pulls torchao,
@@ -52,8 +52,11 @@ SUPPORTED = ("ppo", "a2c", "graphedppo", "trpo", "maskableppo", "recurrentppo", 
              "qrdqn")
 
 
-class ExportMismatch(RuntimeError):
+class ExportMismatchError(RuntimeError):
     """The exported file's outputs differ from the SB3 model's."""
+
+
+ExportMismatch = ExportMismatchError  # the name before issue 33 (ruff N818), kept for old imports
 
 
 def _algo_name(model) -> str:
@@ -160,7 +163,7 @@ class _PolicyGraph(nn.Module):
         return self.low + 0.5 * (action + 1.0) * (self.high - self.low)
 
     def forward(self, *inputs: torch.Tensor):
-        obs = dict(zip(self.keys, inputs)) if self.keys else inputs[0]
+        obs = dict(zip(self.keys, inputs, strict=False)) if self.keys else inputs[0]
         p = self.policy
         out: list[torch.Tensor] = []
         if self.recurrent:  # one step of the actor's LSTM, its state reset where an episode starts (as SB3)
@@ -257,7 +260,7 @@ def _sample_inputs(model, n: int, obs_from: str | None, seed: int = 0) -> list[n
 def _reference(model, inputs: list[np.ndarray], graph: _PolicyGraph) -> list[np.ndarray]:
     """The SB3 model's own outputs for ``inputs``: predict(deterministic=True) (and predict_values)."""
     space = model.observation_space
-    obs = dict(zip(space.spaces, inputs)) if isinstance(space, spaces.Dict) else inputs[0]
+    obs = dict(zip(space.spaces, inputs, strict=False)) if isinstance(space, spaces.Dict) else inputs[0]
     kwargs = dict(action_masks=inputs[-1]) if graph.masked else {}
     if graph.recurrent:
         kwargs = dict(state=(inputs[-3], inputs[-2]), episode_start=inputs[-1].astype(bool))
@@ -271,20 +274,21 @@ def _reference(model, inputs: list[np.ndarray], graph: _PolicyGraph) -> list[np.
     return out
 
 
-def _run_file(path: str, fmt: str, inputs: list[np.ndarray], graph: "_PolicyGraph") -> dict[str, np.ndarray]:
+def _run_file(path: str, fmt: str, inputs: list[np.ndarray], graph: _PolicyGraph) -> dict[str, np.ndarray]:
     """The file's outputs by name (a TorchScript file's are positional: ``graph`` names them)."""
     if fmt == "onnx":
         session = OnnxPolicy._session(path)
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(None, dict(zip(graph.input_names(), inputs)))))
+        return dict(zip(names, session.run(None, dict(zip(graph.input_names(), inputs, strict=False))), strict=False))
     if fmt == "torchscript":
         module = torch.jit.load(path, map_location="cpu")
         with torch.no_grad():
             outputs = module(*[torch.as_tensor(x) for x in inputs])
-        return {name: t.numpy() for name, t in zip(graph.output_names(), outputs)}
+        return {name: t.numpy() for name, t in zip(graph.output_names(), outputs, strict=False)}
     if fmt == "executorch":
         session = ExecuTorchPolicy._session(path)
-        return dict(zip(session.output_names, session.run(None, dict(zip(graph.input_names(), inputs)))))
+        feeds = dict(zip(graph.input_names(), inputs, strict=True))
+        return dict(zip(session.output_names, session.run(None, feeds), strict=True))
     raise ValueError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
 
 
@@ -307,7 +311,7 @@ class ExportReport:
 def verify(model, path: str, format: str | None = None, n_check: int = 32, obs_from: str | None = None,
            with_value: bool = False, atol: float = 1e-4, logits: bool = False) -> ExportReport:
     """Run the exported file on ``n_check`` observations and compare with the SB3 model (see the module doc).
-    Raises :class:`ExportMismatch` with the numbers when an action differs (continuous actions: by more than
+    Raises :class:`ExportMismatchError` with the numbers when an action differs (continuous actions: by more than
     ``atol``) or the value by more than ``atol`` (relative to its scale)."""
     fmt = format or _format_of(path)
     graph = _PolicyGraph(model, with_value, logits)
@@ -318,9 +322,9 @@ def verify(model, path: str, format: str | None = None, n_check: int = 32, obs_f
     names = [n for n in graph.output_names() if n not in ("mean", "log_std", "mu", "logits")]
     missing = [n for n in names if n not in outputs]
     if missing:
-        raise ExportMismatch(f"{path} has no output {missing} (it has {sorted(outputs)}): it was exported with other "
-                             f"options (--with-value, or another model); export it again.")
-    for name, w in zip(names, want):
+        raise ExportMismatchError(f"{path} has no output {missing} (it has {sorted(outputs)}): it was exported with "
+                                  f"other options (--with-value, or another model); export it again.")
+    for name, w in zip(names, want, strict=False):
         g = outputs[name]
         g, w = np.asarray(g).reshape(np.shape(w)), np.asarray(w)
         diffs[name] = float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))) if w.size else 0.0
@@ -331,8 +335,8 @@ def verify(model, path: str, format: str | None = None, n_check: int = 32, obs_f
     scale = max(1.0, float(np.max(np.abs(want[1])))) if with_value else 1.0
     states_off = graph.recurrent and max(diffs["state_h_out"], diffs["state_c_out"]) > atol
     if agreement < 1.0 or (with_value and diffs["value"] > atol * scale) or states_off:
-        raise ExportMismatch(f"{report}. The exported graph does not act as the SB3 model; please report it with the "
-                             f"model's algorithm, backbone and spaces.")
+        raise ExportMismatchError(f"{report}. The exported graph does not act as the SB3 model; please report it "
+                                  f"with the model's algorithm, backbone and spaces.")
     return report
 
 
@@ -383,7 +387,7 @@ def export_policy(model, path: str, format: str = "onnx", batch: int | None = No
             if check:
                 try:
                     report = verify(model, tmp, format, n_check, obs_from, with_value, logits=logits)
-                except ExportMismatch as error:
+                except ExportMismatchError as error:
                     if attempt + 1 == len(backends):
                         raise
                     log(f"{error}\nExecuTorch: XNNPACK's kernels do not reproduce this policy; lowering it to "
@@ -491,7 +495,8 @@ class OnnxPolicy:
         if tuple(x.shape[1:]) != want and len(want) == 3 and tuple(x.shape[1:]) == (want[1], want[2], want[0]):
             x = np.transpose(x, (0, 3, 1, 2))  # channel-last frames, as SB3's predict transposes them
         fixed = [d for d in want if isinstance(d, int)]
-        if x.ndim != len(want) + 1 or [d for d, w in zip(x.shape[1:], want) if isinstance(w, int)] != fixed:
+        dims = [d for d, w in zip(x.shape[1:], want, strict=False) if isinstance(w, int)]
+        if x.ndim != len(want) + 1 or dims != fixed:
             raise ValueError(f"{self.path}: input {name!r} wants observations of shape {want} (or a batch of them), "
                              f"got {np.shape(x)}; pass what the env the policy was trained on returns.")
         if x.dtype != self.dtypes[name]:
@@ -570,7 +575,7 @@ class _ExecuTorchSession:
                     for i in self.inputs]
             keep = min(self.batch, n - start)
             chunks.append([np.take(t.numpy(), np.arange(keep), axis=self._axis(name))
-                           for name, t in zip(self.output_names, self.method.execute(args))])
+                           for name, t in zip(self.output_names, self.method.execute(args), strict=False)])
         by_name = {name: np.concatenate([c[k] for c in chunks], axis=self._axis(name))
                    for k, name in enumerate(self.output_names)}
         return [by_name[name] for name in (output_names or self.output_names)]
@@ -637,7 +642,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"cannot tell the algorithm of {zip_path}; pass --algo ({', '.join(SUPPORTED)}).")
     try:
         model = algo_class(algo).load(zip_path, device="cpu")
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  (whatever SB3's loader raises on a file of another algorithm)
         parser.error(f"{zip_path}: cannot load it as {algo} ({error}); pass the right --algo.")
     try:
         if args.check_only:
@@ -646,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out or os.path.splitext(zip_path)[0] + EXTENSIONS[args.format]
         export_policy(model, out, args.format, args.batch, args.opset, args.with_value, args.logits,
                       n_check=args.n_check, obs_from=args.obs_from)
-    except (ValueError, ImportError, ExportMismatch) as error:
+    except (ValueError, ImportError, ExportMismatchError) as error:
         parser.exit(2, f"rlvision export: error: {error}\n")
 
 

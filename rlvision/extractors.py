@@ -357,7 +357,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
             super().__setattr__(name, value)
 
     @staticmethod
-    def _before_load(module: "VisionExtractor", state_dict, prefix: str, _metadata=None, _strict: bool = True,
+    def _before_load(module: VisionExtractor, state_dict, prefix: str, _metadata=None, _strict: bool = True,
                      _missing=None, _unexpected=None, error_msgs=None) -> None:
         """A saved model being loaded acts as the model that was saved did: through the inference copy, which
         training switched on. SB3's ``load`` loads the whole policy, where the extractor sits under a network
@@ -391,7 +391,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
             f"entry).")
 
     @staticmethod
-    def _after_load(module: "VisionExtractor", _incompatible) -> None:
+    def _after_load(module: VisionExtractor, _incompatible) -> None:
         """Loaded weights reset the frozen stage's fused kernels: fuse them again; the inference copy re-syncs."""
         if module.freeze_preprocess:
             module.preprocess.reparameterize()
@@ -403,7 +403,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
                 and not (c is self.backbone and (self.freeze_backbone or skip_backbone
                                                  or skip_pretrained and self.pretrained)))
 
-    def train(self, mode: bool = True) -> "VisionExtractor":
+    def train(self, mode: bool = True) -> VisionExtractor:
         """Like nn.Module.train, but a frozen preprocessing stage (reparameterized) and a frozen backbone stay in
         eval mode."""
         self.training = mode
@@ -497,7 +497,7 @@ class _Compiled:
             self.fn = torch.compile(self.backbone.forward_features)
         return self.fn(x)
 
-    def __deepcopy__(self, memo: dict) -> "_Compiled":
+    def __deepcopy__(self, memo: dict) -> _Compiled:
         import copy
         return _Compiled(copy.deepcopy(self.backbone, memo))
 

@@ -26,7 +26,7 @@ def foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(seq, nn.Sequential):
             continue
         children = list(seq.named_children())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
             if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
                     and conv.out_channels == bn.num_features):
                 prefix = f"{name}." if name else ""
@@ -87,7 +87,7 @@ class InferenceCopy:
         """The source's weights may change: re-sync before the next call."""
         self.stale = True
 
-    def __deepcopy__(self, memo: dict) -> "InferenceCopy":
+    def __deepcopy__(self, memo: dict) -> InferenceCopy:
         """A deep copy of the source gets a fresh, empty twin of its own (built on first use)."""
         return InferenceCopy(copy.deepcopy(self.source, memo), self.channels_last, self.prepare, self.cuda_graph,
                              self.backend)
@@ -162,7 +162,7 @@ class InferenceCopy:
             try:
                 with torch.no_grad():
                     return self.runner(x)
-            except Exception as error:  # the exporter's or onnxruntime's: the copy runs on torch from here on
+            except Exception as error:  # noqa: BLE001  (the exporter's or onnxruntime's: the copy runs on torch from here)
                 import warnings
 
                 self.runner, self.runner_error = None, f"{type(error).__name__}: {error}"[:500]

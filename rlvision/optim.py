@@ -29,5 +29,5 @@ class ScaledLRAdam(torch.optim.Adam):
         try:
             return super().step(closure)
         finally:
-            for group, lr in zip(self.param_groups, base):
+            for group, lr in zip(self.param_groups, base, strict=False):
                 group["lr"] = lr

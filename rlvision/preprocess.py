@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ class PreprocessStage(nn.Module):
         y = self(x.reshape(b * (c // self.channels), self.channels, h, w))
         return y.reshape(b, c, *y.shape[-2:])
 
-    def reparameterize(self) -> "PreprocessStage":
+    def reparameterize(self) -> PreprocessStage:
         """Fuse multi-branch layers for inference (no-op for stages without any); ``train()`` undoes it."""
         for module in self.modules():
             if module is not self and hasattr(module, "reparameterize"):

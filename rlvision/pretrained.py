@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,8 +41,8 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA = (0.299, 0.587, 0.114)
-GREY_MEAN = sum(w * m for w, m in zip(LUMA, IMAGENET_MEAN))
-GREY_STD = sum(w * s for w, s in zip(LUMA, IMAGENET_STD))
+GREY_MEAN = sum(w * m for w, m in zip(LUMA, IMAGENET_MEAN, strict=False))
+GREY_STD = sum(w * s for w, s in zip(LUMA, IMAGENET_STD, strict=False))
 
 _TOP = {"conv_stem.": "features.0.conv.", "bn1.": "features.0.norm.", "conv_head.": "head.1.conv.",
         "norm_head.": "head.1.norm.", "classifier.": "head.4."}

@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import resource
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
@@ -93,14 +94,14 @@ class Profile:
         self._explicit = False
 
     # --- the session ------------------------------------------------------------------------------------------
-    def __enter__(self) -> "Profile":
+    def __enter__(self) -> Profile:
         self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, explicit_phases: bool = False) -> "Profile":
+    def start(self, explicit_phases: bool = False) -> Profile:
         """Install the timers and start counting (the peak-memory count restarts here)."""
         if self._active:
             raise RuntimeError("this profiling session is already running; make a new one for another run.")

@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 # loggers that only report the environment (no torchvision, no CUDA kernels for torchao, deprecations inside torch)
 NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.utils._pytree", "torchao")
@@ -35,7 +35,7 @@ def quiet_exporter() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=False):
             logger.setLevel(level)
 
 

@@ -22,7 +22,8 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class RunSpec:
                                  if self.options else "")
         return label + ("" if not self.stage or self.stage == "none" else f"+{self.stage.partition(':')[0]}")
 
-    def replace(self, **changes: Any) -> "RunSpec":
+    def replace(self, **changes: Any) -> RunSpec:
         return dataclasses.replace(self, **changes)
 
 

@@ -12,7 +12,7 @@ sb3-contrib does), the same update. Everything else is sb3-contrib's: ``make_age
 from __future__ import annotations
 
 import torch
-from sb3_contrib import TRPO as ContribTRPO
+from sb3_contrib import TRPO as ContribTRPO  # noqa: N811 (an acronym class, not a constant)
 from torch import nn
 
 
@@ -25,7 +25,7 @@ class TRPO(ContribTRPO):
         sb3-contrib's method returns them."""
         candidates = [param for name, param in self.policy.named_parameters() if "value" not in name]
         kl_grads = torch.autograd.grad(kl_div, candidates, create_graph=True, retain_graph=True, allow_unused=True)
-        kept = [(param, grad) for param, grad in zip(candidates, kl_grads) if grad is not None]
+        kept = [(param, grad) for param, grad in zip(candidates, kl_grads, strict=False) if grad is not None]
         actor_params = [param for param, _ in kept]
         objective_grads = torch.autograd.grad(policy_objective, actor_params, retain_graph=True)
         grad_shape = [grad.shape for _, grad in kept]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlvision.agents import ReplayBufferTooLarge, evaluate_agent, make_agent, replay_buffer_bytes
+import rlvision.agents
+from rlvision.agents import ReplayBufferTooLargeError, evaluate_agent, make_agent, replay_buffer_bytes
 from rlvision.envs import make_env
 
 SMALL = dict(size=32, grid=3)
@@ -65,7 +66,8 @@ def test_save_load_gives_identical_actions(algo, tmp_path):
 def test_replay_buffer_too_large_is_refused_with_fix():
     env = make_env("SyntheticPixel-v0", n_envs=1, env_kwargs=dict(size=96))
     assert replay_buffer_bytes(env.observation_space, 1000) == 2 * 1000 * 3 * 96 * 96
-    with pytest.raises(ReplayBufferTooLarge, match=r"needs .* GiB.*buffer_size=.*optimize_memory_usage"):
+    assert rlvision.agents.ReplayBufferTooLarge is ReplayBufferTooLargeError  # the old name still imports
+    with pytest.raises(ReplayBufferTooLargeError, match=r"needs .* GiB.*buffer_size=.*optimize_memory_usage"):
         make_agent("dqn", env, backbone="nature_cnn", buffer_size=10_000_000)
 
 
@@ -105,9 +107,9 @@ def test_periodic_evaluation_gives_a_learning_curve(tmp_path):
     model.learn(320, callback=evaluation)
     steps = [p["steps"] for p in evaluation.curve]
     assert steps[0] == 0 and steps[-1] == model.num_timesteps  # before training, then at the end
-    assert all(b - a >= 128 for a, b in zip(steps[1:-2], steps[2:-1])) and 128 <= steps[1] < 128 + 64
+    assert all(b - a >= 128 for a, b in zip(steps[1:-2], steps[2:-1], strict=False)) and 128 <= steps[1] < 128 + 64
     assert points == evaluation.curve
-    assert all(b["seconds"] >= a["seconds"] for a, b in zip(evaluation.curve, evaluation.curve[1:]))
+    assert all(b["seconds"] >= a["seconds"] for a, b in zip(evaluation.curve, evaluation.curve[1:], strict=False))
     assert "eval/mean_return" in (tmp_path / "progress.csv").read_text().splitlines()[0]
     with pytest.raises(ValueError, match="every"):
         PeriodicEvaluation(env, every=0)

@@ -32,7 +32,7 @@ def test_help_of_the_command_and_of_every_subcommand_outside_the_checkout(tmp_pa
 def test_every_option_has_help_text():
     import argparse
 
-    for name, (module, _) in COMMANDS.items():
+    for name in COMMANDS:
         captured = {}
         original = argparse.ArgumentParser.parse_args
 

@@ -83,7 +83,7 @@ def test_contrib_algorithm_learns_saves_loads_and_acts_identically(algo, tmp_pat
     got = predict_many(loaded, obs, algo)
     np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(expected[0]))
     if algo == "recurrentppo":  # the LSTM states carried along agree too
-        for a, b in zip(got[1], expected[1]):
+        for a, b in zip(got[1], expected[1], strict=False):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -102,7 +102,7 @@ def test_recurrent_ppo_rollouts_run_the_inference_copy_with_the_same_actions():
     extractor.inference_copy_active = False
     plain, state_plain = predict_many(model, obs, "recurrentppo")
     np.testing.assert_array_equal(with_copy, plain)
-    for a, b in zip(state_copy, state_plain):
+    for a, b in zip(state_copy, state_plain, strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 

@@ -45,7 +45,7 @@ def test_frozen_bn_folds_into_its_conv_in_training_with_the_same_outputs_and_gra
     plain = nn.Sequential.forward(block, x)  # conv, then the norm's own pass over the activations
     plain_grads = torch.autograd.grad(plain.square().sum(), [x, *block.parameters()])
     torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
-    for a, b in zip(grads, plain_grads):
+    for a, b in zip(grads, plain_grads, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert "aten.native_batch_norm" in _ops(lambda: nn.Sequential.forward(block, x.detach()))
     assert "aten.native_batch_norm" not in _ops(lambda: block(x.detach()))  # no pass over the activations

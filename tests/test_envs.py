@@ -142,9 +142,9 @@ def test_gym_vector_env_matches_dummy_vec_env_step_for_step():
     for _ in range(60):
         actions = rng.integers(0, 4, 3)
         a, b = ours.step(actions), sb3.step(actions)
-        for x, y in zip(a[:3], b[:3]):
+        for x, y in zip(a[:3], b[:3], strict=False):
             np.testing.assert_allclose(x, y, rtol=1e-6)
-        for info_a, info_b in zip(a[3], b[3]):
+        for info_a, info_b in zip(a[3], b[3], strict=False):
             assert ("terminal_observation" in info_a) == ("terminal_observation" in info_b)
             if "episode" in info_b:
                 episodes += 1
@@ -182,7 +182,9 @@ def test_native_atari_time_limit_and_episode_record():
     pytest.importorskip("ale_py")
     env = make_env("ALE/Pong-v5", n_envs=2, seed=0, env_kwargs=dict(max_num_frames_per_episode=200))
     env.reset()
-    for step in range(1, 80):
+    step = 0
+    while step < 79:
+        step += 1
         obs, _, dones, infos = env.step(np.zeros(2, dtype=np.int64))
         if dones.any():
             break

@@ -109,7 +109,7 @@ def test_a_mismatch_fails_with_the_numbers_and_leaves_no_file(tmp_path, monkeypa
     path = tmp_path / "p.pt"
     real = export._reference
     monkeypatch.setattr(export, "_reference", lambda m, i, g: [(real(m, i, g)[0] + 1) % 4])
-    with pytest.raises(export.ExportMismatch, match=r"actions equal: 0\.0%"):
+    with pytest.raises(export.ExportMismatchError, match=r"actions equal: 0\.0%"):
         export.export_policy(model, str(path), format="torchscript", log=lambda *_: None)
     assert not os.listdir(tmp_path)
 
@@ -273,7 +273,7 @@ def test_executorch_falls_back_to_portable_kernels_when_xnnpack_differs(tmp_path
     def xnnpack_differs(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise export.ExportMismatch("actions equal: 23.0%")
+            raise export.ExportMismatchError("actions equal: 23.0%")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(export, "verify", xnnpack_differs)

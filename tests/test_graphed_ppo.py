@@ -150,7 +150,7 @@ def test_cuda_graph_step_replays_the_same_training_and_sees_in_place_updates(exa
     graph_opt.param_groups[0]["lr"].fill_(0.0)  # a learning rate of 0 updated in place: the replay uses it
     frozen = [p.clone() for p in graph_net.parameters()]
     graphed(*data[0])
-    for before, after in zip(frozen, graph_net.parameters()):
+    for before, after in zip(frozen, graph_net.parameters(), strict=False):
         torch.testing.assert_close(after, before, atol=0, rtol=0)
 
 

@@ -25,7 +25,7 @@ def timm_checkpoint(variant: str) -> tuple[dict, np.lib.npyio.NpzFile]:
     """timm's state_dict rebuilt from the fixture's ``rule`` (float64), and the fixture."""
     data = np.load(os.path.join(FIXTURES, f"mobilenetv4_{variant}.npz"))
     state = {}
-    for i, (key, shape) in enumerate(zip(json.loads(str(data["keys"])), json.loads(str(data["shapes"])))):
+    for i, (key, shape) in enumerate(zip(json.loads(str(data["keys"])), json.loads(str(data["shapes"])), strict=False)):
         rng = np.random.default_rng(1000 + i)
         if key.endswith("num_batches_tracked"):
             state[key] = torch.tensor(0)
@@ -148,7 +148,7 @@ def test_frozen_pretrained_encoder_in_ppo_survives_init_training_and_save_load(t
     loaded = rlvision.create_backbone("mnv4_conv_small", in_channels=3, pretrained=conv_small_file)
     # SB3's orthogonal init ran on the extractor: the loaded weights are untouched
     assert all(torch.equal(a, b.float()) for a, b in zip(ext.backbone.state_dict().values(),
-                                                         loaded.state_dict().values()))
+                                                         loaded.state_dict().values(), strict=False))
     head_before = ext.linear[0].weight.clone()
     assert unchanged_after(ext.backbone, lambda: model.learn(64))  # weights and BatchNorm statistics frozen
     assert not ext.backbone.training and not torch.equal(head_before, ext.linear[0].weight)

@@ -128,7 +128,7 @@ def test_works_with_subproc_vec_env():
     env.close()
 
 
-class Boom(Exception):
+class BoomError(Exception):
     pass
 
 
@@ -141,7 +141,7 @@ class RaiseAt(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.at:
-            raise Boom
+            raise BoomError
         return True
 
 
@@ -175,12 +175,12 @@ def test_profile_context_measures_a_run_and_leaves_nothing_behind():
 
 def test_learn_raising_inside_a_profiled_run_leaves_backward_env_and_optimizer_as_they_were():
     model = small_ppo()
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         with profile(model):
             model.learn(256, callback=RaiseAt(100))
     assert untouched(model)
     callback = ThroughputProfiler()  # the callback form: SB3 skips _on_training_end, close() undoes it
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         model.learn(256, callback=[callback, RaiseAt(100)])
     assert torch.Tensor.backward is BACKWARD  # nothing global, even before close()
     callback.close()

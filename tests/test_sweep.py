@@ -56,7 +56,7 @@ def test_two_trial_sweep_writes_the_table_and_plots_and_resumes_without_rerunnin
     assert "nature_cnn" in (out / "summary.md").read_text()
     trials = sorted((out / "trials").iterdir())
     assert len(trials) == 2
-    assert len((trials[0].read_text())) and any((out / "tb").rglob("events.out.tfevents.*"))
+    assert len(trials[0].read_text()) and any((out / "tb").rglob("events.out.tfevents.*"))
     # an interrupted sweep: one trial finished, the other did not
     kept, lost = trials
     kept_mtime = kept.stat().st_mtime_ns

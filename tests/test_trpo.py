@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("sb3_contrib")
 
-from sb3_contrib import TRPO as ContribTRPO  # noqa: E402
+from sb3_contrib import TRPO as ContribTRPO  # noqa: E402, N811 (an acronym class, not a constant)
 
 import rlvision  # noqa: E402
 from rlvision.agents import algo_class, make_agent  # noqa: E402

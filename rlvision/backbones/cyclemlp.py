@@ -93,7 +93,7 @@ class CycleMLP(Backbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).permute(0, 2, 3, 1)
-        for i, (down, stage) in enumerate(zip(self.downsamples, self.stages)):
+        for i, (down, stage) in enumerate(zip(self.downsamples, self.stages, strict=False)):
             if i:
                 x = down(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             x = stage(x)

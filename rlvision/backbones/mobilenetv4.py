@@ -291,7 +291,7 @@ def mobilenetv4_custom(in_channels: int = 3, num_classes: int = 0, base_channels
                        expanded_channels: int = 32, squeeze_ratio: float = 0.25, num_heads: int = 2,
                        downsample: bool = True, hidden_dim_classifier: int = 64, dropout: float = 0.2,
                        FusedIBs: int = 1, UIB_and_ExtraDWs: int = 1, SE_and_UIBs: int = 1,  # noqa: N803 (seed names)
-                       SE_and_MobileMQAs: int = 1, norm: str = "gn", act: str = "silu", residual: bool = False,
+                       SE_and_MobileMQAs: int = 1, norm: str = "gn", act: str = "silu", residual: bool = False,  # noqa: N803
                        head_norm: str = "bn", stem_stride: int = 1) -> MobileNetV4:
     """The seed's configurable network, with the seed README's keyword arguments.
 
@@ -409,7 +409,7 @@ def parse_blocks(text: str) -> list[tuple]:
         spec = (_SPEC_KIND[kind], *(values[n] for n in names))
         specs.append(spec)
         for _ in range(repeats - 1):  # later repeats at stride 1
-            specs.append(tuple(1 if n == "s" else v for n, v in zip(("kind",) + names, spec)))
+            specs.append(tuple(1 if n == "s" else v for n, v in zip(("kind",) + names, spec, strict=False)))
     return specs
 
 

@@ -106,7 +106,7 @@ class ResT(Backbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for i, (embed, blocks) in enumerate(zip(self.embeds, self.stages)):
+        for i, (embed, blocks) in enumerate(zip(self.embeds, self.stages, strict=False)):
             x = embed(x)
             b, c, h, w = x.shape
             t = x.flatten(2).transpose(1, 2)

@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         stage = rlvision.create_preprocess(name, scale=args.scale, channels=args.channels).eval()
         row = dict(module=name, params=rlvision.count_parameters(stage),
                    mflops_per_frame=round(count_flops(stage, x[:1]) / 1e6, 1))
-        row["ms"], row["ms_iqr"] = latency_ms(lambda: stage(x), args.repeats, args.warmup)
+        row["ms"], row["ms_iqr"] = latency_ms(lambda stage=stage: stage(x), args.repeats, args.warmup)
         fused = copy.deepcopy(stage).reparameterize()
-        row["ms_reparam"], row["ms_reparam_iqr"] = latency_ms(lambda: fused(x), args.repeats, args.warmup)
+        row["ms_reparam"], row["ms_reparam_iqr"] = latency_ms(lambda fused=fused: fused(x), args.repeats,
+                                                              args.warmup)
         with torch.no_grad():
             row["max_abs_diff"] = float((fused(x) - stage(x)).abs().max())
         rows.append(row)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ext = rlvision.VisionExtractor(spaces.Box(0, 255, obs.shape[1:], dtype=np.uint8), backbone=name).eval()
         row = dict(module=f"{name} (encoder, {tuple(obs.shape[1:])})", params=rlvision.count_parameters(ext),
                    mflops_per_frame=round(count_flops(ext, obs[:1]) / 1e6, 1))
-        row["ms"], row["ms_iqr"] = latency_ms(lambda: ext(obs), args.repeats, args.warmup)
+        row["ms"], row["ms_iqr"] = latency_ms(lambda ext=ext: ext(obs), args.repeats, args.warmup)
         rows.append(row)
     table = markdown_table(rows)
     os.makedirs(args.out, exist_ok=True)

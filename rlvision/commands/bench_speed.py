@@ -206,7 +206,9 @@ def _gpu_update(space, name, reference, x, device, opts):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True, capturable=graphed)
     forward = torch.compile(model, mode=opts["compile"]) if "compile" in opts else model
 
-    def update(batch, forward=forward, optimizer=optimizer, bf16=bool(opts.get("bf16"))):
+    bf16 = bool(opts.get("bf16"))
+
+    def update(batch, forward=forward, optimizer=optimizer, bf16=bf16):
         optimizer.zero_grad(set_to_none=True)  # gradients written at the same addresses on every replay
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             loss = forward(batch).float().square().mean()

@@ -46,7 +46,7 @@ def plot_phases(rows: list[dict], path: str, title: str) -> None:
         width = np.array([1000 / r["fps"] * r[phase] for r in rows])
         ax.barh(names, width, left=left, label=phase)
         left += width
-    for y, (total, row) in enumerate(zip(left, rows)):
+    for y, (total, row) in enumerate(zip(left, rows, strict=False)):
         ax.text(total, y, f" {row['fps']:.0f} FPS", va="center")
     ax.set_xlabel("seconds per 1000 env steps")
     ax.set_title(title)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except KeyboardInterrupt:
         print("Interrupted: writing the table of the runs that finished.")
         failure = None
-    except Exception as error:  # one entry failed: keep what the others measured, then report it
+    except Exception as error:  # noqa: BLE001  (one entry failed: keep what the others measured, then report it)
         failure = error
         print(f"{spec.label} failed ({type(error).__name__}: {error}); writing the table of the runs that finished.")
     else:

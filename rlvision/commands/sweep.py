@@ -50,7 +50,7 @@ ENV_KEYS = ("steps", "hyperparams", "env_kwargs", "threshold", "n_envs", "eval_e
 def band(curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and 95% bootstrap band over seeds of curves (x, y) interpolated onto ``grid``."""
     ys = np.stack([np.interp(grid, x, y) for x, y in curves])
-    lows, highs = zip(*(bootstrap_ci(ys[:, i], resamples=2000) for i in range(grid.size)))
+    lows, highs = zip(*(bootstrap_ci(ys[:, i], resamples=2000) for i in range(grid.size)), strict=False)
     mean = ys.mean(axis=0)
     return mean, np.where(np.isnan(lows), mean, lows), np.where(np.isnan(highs), mean, highs)
 
@@ -64,7 +64,7 @@ def plot_curves(rows: list[dict], path: str) -> None:
 
     panels = sorted({(r["env"], r["algo"]) for r in rows})
     fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.6 * len(panels)), squeeze=False)
-    for (env, algo), (ax_steps, ax_time) in zip(panels, axes):
+    for (env, algo), (ax_steps, ax_time) in zip(panels, axes, strict=False):
         runs = [r for r in rows if (r["env"], r["algo"]) == (env, algo)]
         for backbone in dict.fromkeys(r["backbone"] for r in runs):
             curves = [r["curve"] for r in runs if r["backbone"] == backbone]
@@ -106,11 +106,11 @@ def plot_diagnostics(rows: list[dict], path: str) -> None:
         return
     fig, axes = plt.subplots(len(panels), len(DIAGNOSTICS), figsize=(4 * len(DIAGNOSTICS), 3.4 * len(panels)),
                              squeeze=False)
-    for (env, algo), line in zip(panels, axes):
+    for (env, algo), line in zip(panels, axes, strict=False):
         runs = [r for r in rows if (r["env"], r["algo"]) == (env, algo) and r.get("diagnostics")]
         for backbone in dict.fromkeys(r["backbone"] for r in runs):
             histories = [r["diagnostics"] for r in runs if r["backbone"] == backbone]
-            for ax, (key, title, scale) in zip(line, DIAGNOSTICS):
+            for ax, (key, title, scale) in zip(line, DIAGNOSTICS, strict=False):
                 curves = [(np.array([h["steps"] for h in hist if key in h], float),
                            np.array([h[key] for h in hist if key in h], float)) for hist in histories]
                 curves = [(x, y) for x, y in curves if x.size]

@@ -1,5 +1,6 @@
 """``make_agent(algo, env, backbone=...)``: SB3's PPO, A2C, DQN, SAC, TD3 and sb3-contrib's RecurrentPPO,
-MaskablePPO, TRPO, QR-DQN, TQC, CrossQ, and rlvision's GraphedPPO (SB3's PPO with CUDA-graph updates: rlvision.ppo), on
+MaskablePPO, TRPO, QR-DQN, TQC, CrossQ, and rlvision's GraphedPPO (SB3's PPO with CUDA-graph updates:
+rlvision.graphed_ppo), on
 image observations, named by lowercased class name.
 
 Defaults follow RL Zoo's Atari / image-env settings (hyperparams/*.yml); anything passed as a keyword overrides them.

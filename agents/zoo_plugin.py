@@ -4,7 +4,7 @@ Zoo imports every ``--gym-packages`` module after parsing its arguments and befo
 this one registers rlvision's envs (as ``rlvision.envs`` does) and writes rlvision's algorithm classes into Zoo's
 ``ALGOS`` table, so ``--algo trpo`` trains :class:`rlvision.trpo.TRPO` (sb3-contrib's TRPO with its actor gradients
 gathered in one autograd call: same results, about 45x faster with MobileNet-v4) and ``--algo graphedppo`` is
-:class:`rlvision.ppo.GraphedPPO`. Models saved this way also load with sb3-contrib's ``TRPO`` / SB3's ``PPO``.
+:class:`rlvision.graphed_ppo.GraphedPPO`. Models saved this way also load with sb3-contrib's ``TRPO`` / SB3's ``PPO``.
 
     python -m rl_zoo3.train --algo trpo --env SyntheticPixel-v0 --gym-packages rlvision.agents.zoo_plugin -conf trpo.yml
 """

@@ -63,8 +63,8 @@ class Algorithm:
 _PPO_ADAM = dict(eps=1e-5)  # SB3's PPO family and TRPO
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("ppo", "stable_baselines3:PPO", True, "shared", adam_defaults=_PPO_ADAM, zoo_name="ppo"),
-    # SB3's PPO whose update replays CUDA graphs on a GPU (rlvision.ppo)
-    Algorithm("graphedppo", "rlvision.ppo:GraphedPPO", True, "shared", adam_defaults=_PPO_ADAM),
+    # SB3's PPO whose update replays CUDA graphs on a GPU (rlvision.graphed_ppo)
+    Algorithm("graphedppo", "rlvision.graphed_ppo:GraphedPPO", True, "shared", adam_defaults=_PPO_ADAM),
     Algorithm("a2c", "stable_baselines3:A2C", True, "shared", optimizer="rmsprop", zoo_name="a2c"),
     Algorithm("recurrentppo", "sb3_contrib:RecurrentPPO", True, "shared", policy="CnnLstmPolicy",
               dict_policy="MultiInputLstmPolicy", adam_defaults=_PPO_ADAM, zoo_name="ppo_lstm",

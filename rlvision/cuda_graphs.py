@@ -7,11 +7,11 @@ kernels, its backward and Adam step several hundred more. A CUDA graph replays a
 eager fallback in one place. Two settings of it serve rlvision:
 
 - :func:`CudaGraphRunner`: ``module(x)`` under ``torch.inference_mode`` (rollouts; used by
-  :class:`rlvision.inference.InferenceCopy`): a pure function, so warm-up calls run inside the first call of a shape;
-  one memory pool for all shapes.
+  :class:`rlvision.inference_copy.InferenceCopy`): a pure function, so warm-up calls run inside the first call of a
+  shape; one memory pool for all shapes.
 - :func:`CudaGraphStep`: a whole training step (forward, backward, optimizer step) of one minibatch (used by
-  :class:`rlvision.ppo.GraphedPPO`): the first ``warmup`` calls of a shape are real eager steps, then it is captured;
-  a memory pool per shape.
+  :class:`rlvision.graphed_ppo.GraphedPPO`): the first ``warmup`` calls of a shape are real eager steps, then it is
+  captured; a memory pool per shape.
 
 Both read every tensor other than their inputs where it lives when captured: update parameters, optimizer state and
 hyperparameters in place (``copy_``, ``fill_``), or call ``reset()`` after replacing one. :meth:`CudaGraphCache.replay`

@@ -67,7 +67,7 @@ def _folded_policy(model) -> nn.Module:
     """A CPU copy of the policy in eval mode whose rlvision extractors are their folded inference twins (BatchNorm in
     the convolutions, the plain forward: no inference-copy bookkeeping, no augmentation)."""
     from .extractors import VisionExtractor, _plain_forward
-    from .inference import InferenceCopy
+    from .inference_copy import InferenceCopy
 
     source = model.policy  # rebuilt, not deep-copied: a policy keeps its last distribution (non-leaf tensors)
     # SB3's constructor parameters leave some keywords out (share_features_extractor, RecurrentPPO's LSTM sizes):

@@ -14,7 +14,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from .algorithms import ALGORITHMS, ENCODER_SHARING, algorithm
-from .inference import InferenceCopy
+from .inference_copy import InferenceCopy
 from .preprocess import create_preprocess, load_preprocess
 from .checks import accepted_keywords, check_int, check_keywords
 from .layers import RandomShift
@@ -27,10 +27,6 @@ from .registry import INITS, backbone_info, create_backbone
 # (mobilenetv4_nano_rl needs 1.65x and 2-2.5x its seconds; the target was <= 1.2x), though mobilenetv4_nano_rl learns
 # more per env step and ends higher on all three.
 DEFAULT_BACKBONE = "nature_cnn"
-
-# families whose convolutions run faster in channels_last on CPU (measured: rlvision bench-speed)
-CHANNELS_LAST_FAMILIES = ("baseline", "mobilenetv4", "mobilenetv4_seed")
-
 
 def check_image_space(space: spaces.Space, normalized_image: bool = False) -> None:
     """Raise a ValueError that names the fix unless ``space`` is a channel-first image Box SB3 can feed us."""
@@ -175,7 +171,7 @@ class EncoderParts:
         self.linear = make_head(n_features, features_dim, self.head) if features_dim else nn.Identity()
         self.out_features = features_dim or n_features
         channels_last = parts["channels_last"]
-        self.channels_last = info.family in CHANNELS_LAST_FAMILIES if channels_last is None else channels_last
+        self.channels_last = info.channels_last if channels_last is None else channels_last
         self._set_memory_format(torch.channels_last if self.channels_last else torch.contiguous_format)
         self._compiled = None
         # the observation pipeline: stages in order, each (B, C, H, W) -> (B, C', H', W'); the modules stay registered
@@ -258,7 +254,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
     :param channels_last: keep the backbone's weights and its input in channels_last memory format (faster
         convolutions on CPU); default: on for the convolutional families, off for the transformers.
     :param inference_copy: in eval mode without autograd (SB3's rollouts and ``predict``) run a frozen twin of the
-        extractor instead (:class:`rlvision.inference.InferenceCopy`: BatchNorm folded, channels_last,
+        extractor instead (:class:`rlvision.inference_copy.InferenceCopy`: BatchNorm folded, channels_last,
         ``torch.inference_mode``), re-synced only when the training weights changed. Same outputs up to rounding.
         It switches on (``inference_copy_active``) the first time the extractor is put in train mode, so it serves
         the networks SB3 trains; SB3's target networks, which stay in eval mode and are updated in place through
@@ -326,7 +322,7 @@ class VisionExtractor(EncoderParts, BaseFeaturesExtractor):
         self.register_load_state_dict_pre_hook(VisionExtractor._before_load)
         self.register_load_state_dict_post_hook(VisionExtractor._after_load)
         self._attach_parts(parts)
-        # the speed path (rlvision.inference, knows nothing of SB3): a folded copy for rollouts, torch.compile
+        # the speed path (rlvision.inference_copy, knows nothing of SB3): a folded copy for rollouts, torch.compile
         self.inference_copy = inference_copy
         self.inference_copy_active = False
         if rollout_backend not in ("torch", "onnxruntime"):

@@ -17,7 +17,7 @@ against the torch module on the batch it is called with: a cached graph that dis
 fresh one that disagrees raises, so the owner falls back to torch.
 
 Needs ``pip install 'rlvision[export]'`` (onnx, onnxruntime, onnxscript). If the export fails, the owner falls back
-to torch with a warning (:class:`rlvision.inference.InferenceCopy` does).
+to torch with a warning (:class:`rlvision.inference_copy.InferenceCopy` does).
 """
 
 from __future__ import annotations

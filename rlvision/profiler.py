@@ -29,8 +29,8 @@ from torch import nn
 
 from .cuda_graphs import CudaGraphCache
 
-# train_graph: training steps replayed from a CUDA graph (rlvision.ppo.GraphedPPO), forward, backward and optimizer
-# in one launch that no hook can split
+# train_graph: training steps replayed from a CUDA graph (rlvision.graphed_ppo.GraphedPPO), forward, backward and
+# optimizer in one launch that no hook can split
 PHASES = ("env", "rollout_forward", "train_forward", "backward", "optimizer", "train_graph", "other")
 
 
@@ -214,8 +214,8 @@ class Profile:
 
     def _install_graph_step_timers(self, model) -> None:
         """Time the replays of the training-step CUDA graphs the algorithm lists in ``cuda_graph_caches()``
-        (rlvision.ppo.GraphedPPO) and count their rows as training samples (their eager calls, warm-up and capture,
-        go through the hooks above)."""
+        (rlvision.graphed_ppo.GraphedPPO) and count their rows as training samples (their eager calls, warm-up and
+        capture, go through the hooks above)."""
         caches = model.cuda_graph_caches() if hasattr(model, "cuda_graph_caches") else []
         for graph_step in [c for c in caches if isinstance(c, CudaGraphCache)]:
             before = vars(graph_step).get("replay", _MISSING)

@@ -163,3 +163,12 @@ def test_mqa_attention_matches_manual_formula():
         w = torch.softmax(torch.einsum("bhdn,bdm->bhnm", q, k) / 8 ** 0.5, dim=-1)
         out = torch.einsum("bhnm,bdm->bhdn", w, v).reshape(1, 16, 6, 6)
         assert torch.allclose(attn(x), x + attn.out(out), atol=1e-5)
+
+
+def test_channels_last_is_a_registered_fact_of_the_backbone():
+    """The extractor's default memory format comes from BackboneInfo, so a new family changes no extractor code."""
+    space = spaces.Box(0, 255, (3, 48, 48), np.uint8)
+    for name in ("nature_cnn", "mobilenetv4_cpu_rl", "rest_rl", "conformer_rl"):
+        info = rlvision.backbone_info(name)
+        assert rlvision.VisionExtractor(space, name).channels_last is info.channels_last
+    assert rlvision.backbone_info("nature_cnn").channels_last and not rlvision.backbone_info("rest_rl").channels_last

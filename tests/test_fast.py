@@ -12,7 +12,7 @@ import rlvision
 from rlvision.agents import make_agent
 from rlvision.envs import make_env
 from rlvision import VisionExtractor
-from rlvision.inference import InferenceCopy, foldable_pairs
+from rlvision.inference_copy import InferenceCopy, foldable_pairs
 from conftest import HAS_CUDA, tolerance
 
 SPACE = spaces.Box(0, 255, (4, 84, 84), np.uint8)

@@ -1,5 +1,5 @@
-"""rlvision.ppo.GraphedPPO computes SB3's PPO update (same weights, same logs) on every device; its minibatch update
-is captured in CUDA graphs on CUDA (rlvision.cuda_graphs.CudaGraphStep)."""
+"""rlvision.graphed_ppo.GraphedPPO computes SB3's PPO update (same weights, same logs) on every device; its minibatch
+update is captured in CUDA graphs on CUDA (rlvision.cuda_graphs.CudaGraphStep)."""
 
 import warnings
 
@@ -14,7 +14,7 @@ import rlvision
 from rlvision.agents import make_agent
 from rlvision.cuda_graphs import CudaGraphStep
 from rlvision.envs import SyntheticPixelEnv, make_env
-from rlvision.ppo import GraphedPPO
+from rlvision.graphed_ppo import GraphedPPO
 from conftest import WithPosition
 
 SMALL = dict(size=36, grid=3)

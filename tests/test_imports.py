@@ -118,3 +118,16 @@ def test_every_registered_name_is_a_literal_in_the_source():
                     literals |= {node.value for node in ast.walk(ast.parse(f.read()))
                                  if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert not [name for name in rlvision.list_backbones() if name not in literals]
+
+
+def test_renamed_modules_keep_their_old_import_paths():
+    """inference.py -> inference_copy.py and ppo.py -> graphed_ppo.py (names that say the job): code that imported
+    the old paths gets the same objects."""
+    import rlvision.graphed_ppo
+    import rlvision.inference
+    import rlvision.inference_copy
+    import rlvision.ppo
+
+    assert rlvision.inference.InferenceCopy is rlvision.inference_copy.InferenceCopy
+    assert rlvision.inference.foldable_pairs is rlvision.inference_copy.foldable_pairs
+    assert rlvision.ppo.GraphedPPO is rlvision.graphed_ppo.GraphedPPO

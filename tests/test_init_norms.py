@@ -12,7 +12,7 @@ from torch import nn
 
 import rlvision
 from rlvision.backbones.mobilenetv4 import UIB, FusedIB
-from rlvision.inference import InferenceCopy, foldable_pairs
+from rlvision.inference_copy import InferenceCopy, foldable_pairs
 from rlvision.layers import BatchRenorm2d, RunningBatchNorm2d
 from rlvision.envs import make_env
 

@@ -10,7 +10,7 @@ from torch import nn
 import rlvision
 from rlvision.agents import DEFAULTS, algo_class, evaluate_agent, make_agent
 from rlvision.envs import make_env
-from rlvision.inference import InferenceCopy
+from rlvision.inference_copy import InferenceCopy
 
 from conftest import tolerance
 

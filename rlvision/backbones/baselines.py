@@ -69,7 +69,9 @@ class ImpalaCNN(Backbone):
 # IMPALA trains from PyTorch's default init (its own, as in CleanRL's Procgen agent): orthogonal with gain sqrt(2)
 # compounds over its residual sums (feature RMS x158)
 register_backbone("nature_cnn", NatureCNN, family="baseline", min_input_size=36, default_pool="flatten",
+                  channels_last=True,
                   default_init="sb3",
                   description="NatureCNN (Mnih et al. 2015), SB3's layer layout")
 register_backbone("impala_cnn", ImpalaCNN, family="baseline", min_input_size=8, default_pool="flatten",
+                  channels_last=True,
                   description="IMPALA ResNet 16/32/32 (Espeholt et al. 2018)")

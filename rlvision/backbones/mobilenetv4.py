@@ -507,25 +507,30 @@ def load_timm_checkpoint(model: MobileNetV4, name: str, path: str, frames: str =
 def _register() -> None:
     for name, row in SEED_VARIANTS.items():
         register_backbone(name, mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=row.min_input_size,
+                          channels_last=True,
                           description=f"seed MobileNet-v4 {name.removeprefix('mobilenetv4_')}: width "
                           f"{row.base_channels}, stride-1 stem, GroupNorm+SiLU", **row._asdict())
     for name, (seed, changes) in RL_PRESETS.items():
         row = SEED_VARIANTS[seed]
         stride = changes["stem_stride"] * 2 ** (row.FusedIBs + row.downsample)
         register_backbone(name, mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=stride,
+                          channels_last=True,
                           description=f"RL preset of {seed}: width {row.base_channels}, stride-"
                           f"{changes['stem_stride']} stem, {changes['norm']}+{changes['act']}, residuals",
                           **{**row._asdict(), **changes})
     register_backbone("mobilenetv4_custom", mobilenetv4_custom, family="mobilenetv4_seed", min_input_size=8,
+                      channels_last=True,
                       description="seed MobileNet-v4 builder with the seed README's keyword arguments")
     register_backbone("mobilenetv4_blocks", mobilenetv4_blocks, family="mobilenetv4", min_input_size=8,
+                      channels_last=True,
                       description="MobileNet-v4 from a block string (blocks='cn_c16_k4_s4-er_c32_e2_s2-...')")
     for name, kwargs in BLOCK_PRESETS.items():
         net = mobilenetv4_blocks(blocks=kwargs["blocks"])
         register_backbone(name, mobilenetv4_blocks, family="mobilenetv4", min_input_size=net.total_stride,
+                          channels_last=True,
                           description=f"RL preset designed on a CPU: {kwargs['blocks']}, {kwargs['norm']}", **kwargs)
     for name in PAPER_VARIANTS:
-        register_backbone(name, functools.partial(mobilenetv4_paper, name), family="mobilenetv4",
+        register_backbone(name, functools.partial(mobilenetv4_paper, name), family="mobilenetv4", channels_last=True,
                           min_input_size=32, load_pretrained=load_timm_checkpoint,
                           description=f"MobileNet-v4 {name.removeprefix('mnv4_').replace('_', '-')} (Qin et al. 2024)")
 

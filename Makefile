@@ -30,9 +30,11 @@ test-random: $(STAMP)
 	@echo "test order: RANDOM_ORDER_SEED=$(RANDOM_ORDER_SEED)"
 	$(BIN)/python -m pytest --random-order-bucket=global --random-order-seed=$(RANDOM_ORDER_SEED)
 
+# each demo in its own folder under runs/demo (TensorBoard: tensorboard --logdir runs/demo shows every demo apart)
 demo: $(STAMP)
 	$(BIN)/rlvision compare --env ALE/Pong-v5 \
-		--backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl --steps $(DEMO_STEPS) --logdir runs/demo
+		--backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl --steps $(DEMO_STEPS) \
+		--logdir runs/demo/$(shell date +%m%d-%H%M%S)
 
 # The figures in BENCHMARKS.md (about 80 minutes on 2 cores); run on an otherwise idle machine.
 BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
@@ -43,15 +45,15 @@ IMAGENET_HYBRIDS := nature_cnn,mobilenetv4_nano,rest_lite,rest_small,rest_base,r
 SR_SYN := runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt
 bench: $(STAMP) bench-speed
 	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones $(BENCH_BACKBONES) \
-		--steps 3072 --logdir runs/bench-pong --no-progress
+		--steps 3072 --logdir runs/bench-pong --overwrite --no-progress
 	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones nature_cnn \
-		--steps 8192 --measure-overhead --logdir runs/bench-overhead --no-progress
+		--steps 8192 --measure-overhead --logdir runs/bench-overhead --overwrite --no-progress
 	$(BIN)/rlvision bench --input 4x84x84 --batches 8,256 --repeats 3 --warmup 1 \
 		--backbones $(BENCH_BACKBONES),mnv4_conv_medium,mnv4_hybrid_medium --out runs/bench-backbones
 	$(BIN)/rlvision bench --input 4x84x84 --batches 8,32 --repeats 3 --warmup 1 \
 		--backbones $(IMAGENET_HYBRIDS) --out runs/bench-backbones-imagenet
 	$(BIN)/rlvision compare --env SyntheticPixel-v0 --env-kwargs '{size: 48, grid: 4}' \
-		--backbones $(BENCH_BACKBONES) --steps 12288 --eval-episodes 100 --logdir runs/bench-synthetic \
+		--backbones $(BENCH_BACKBONES) --steps 12288 --eval-episodes 100 --logdir runs/bench-synthetic --overwrite \
 		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}' \
 		--no-progress
 	for stage in flexnet_rl transformer_sr_rl; do \
@@ -61,17 +63,17 @@ bench: $(STAMP) bench-speed
 	$(BIN)/rlvision bench-preprocess --out runs/bench-preprocess
 	$(BIN)/rlvision compare --env SyntheticPixel-v0 --env-kwargs '{size: 84, grid: 3}' \
 		--low-res 2 --backbones nature_cnn --preprocess none,bicubic,flexnet_rl:$(SR_SYN) --steps 8192 \
-		--eval-episodes 100 --logdir runs/bench-lowres --no-progress \
+		--eval-episodes 100 --logdir runs/bench-lowres --overwrite --no-progress \
 		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}'
 
 # Issue 6 only (about 35 minutes): the speed path, side by side with the plain formulations, and the norm choice.
 bench-speed: $(STAMP)
 	$(BIN)/rlvision bench-speed --out runs/bench-speed
 	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones '$(SPEED_BACKBONES)' \
-		--steps 3072 --logdir runs/bench-pong-speed --no-progress
+		--steps 3072 --logdir runs/bench-pong-speed --overwrite --no-progress
 	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones mobilenetv4_nano_rl --threads 1 \
-		--steps 3072 --logdir runs/bench-pong-1thread --no-progress
-	$(BIN)/rlvision compare --env ALE/Pong-v5 --steps 3072 --logdir runs/bench-graphedppo-cpu \
+		--steps 3072 --logdir runs/bench-pong-1thread --overwrite --no-progress
+	$(BIN)/rlvision compare --env ALE/Pong-v5 --steps 3072 --logdir runs/bench-graphedppo-cpu --overwrite \
 		--backbones 'nature_cnn,nature_cnn[algo=graphedppo],mobilenetv4_nano_rl,mobilenetv4_nano_rl[algo=graphedppo]' \
 		--no-progress
 	$(BIN)/python experiments/bench_running_bn.py
@@ -87,7 +89,7 @@ bench-gpu: $(STAMP)
 	$(BIN)/rlvision bench-speed --device cuda --backbones '' \
 		--train-backbones mobilenetv4_nano_rl,nature_cnn --no-compile --train-rounds 20 --out runs/bench-gpu-train
 	$(BIN)/rlvision compare --device cuda --env ALE/Pong-v5 --steps 16384 \
-		--backbones '$(GRAPHED_PPO)' --logdir runs/bench-gpu-ppo --no-progress
+		--backbones '$(GRAPHED_PPO)' --logdir runs/bench-gpu-ppo --overwrite --no-progress
 
 # Issue 21, learning benchmark v2 (Ray Tune sweeps; about 4 hours on 2 cores): the default encoder before and after
 # issue 21 next to nature_cnn and the other encoders on DoorKey-5x5 (80k steps), LavaGapS5 and the synthetic task,

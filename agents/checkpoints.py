@@ -1,7 +1,9 @@
 """Checkpoints a run can be resumed from: complete or absent, never half-written, checked before use.
 
 A checkpoint is a folder ``<dir>/step_<N>/`` holding ``model.zip`` (weights, optimizer state, step count,
-schedules), ``replay_buffer.pkl`` for off-policy algorithms, ``vecnormalize.pkl`` when the env is normalised, and
+schedules; with rlvision's manifest, so it opens without unpickling), ``replay_buffer.npz`` for off-policy
+algorithms, ``vecnormalize.npz`` when the env is normalised (both arrays and numbers only, read with
+``allow_pickle=False``; checkpoints written before held ``.pkl`` files, which open only with ``trust``), and
 ``meta.json`` (step, config hash, size and SHA-256 of every file, the seconds trained so far and the ``train/*``
 values of the last update, which SB3 logs with the next rollout). It is written under a temporary name and renamed
 in one step, so a process killed while writing leaves no broken ``step_*`` folder. :func:`latest_checkpoint` takes
@@ -18,6 +20,7 @@ import shutil
 import time
 from typing import Any
 
+import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
@@ -25,7 +28,9 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from .factory import algo_class
+from rlvision.model_files import UntrustedModelError
+from rlvision.model_files import load as load_model
+from rlvision.model_files import save as save_model
 
 
 def config_hash(config: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
@@ -62,12 +67,12 @@ def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, ke
     tmp = os.path.join(directory, f".tmp-step_{step:012d}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    model.save(os.path.join(tmp, "model.zip"))
+    save_model(model, os.path.join(tmp, "model.zip"))  # with its manifest: it opens without unpickling
     if isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
-        model.save_replay_buffer(os.path.join(tmp, "replay_buffer.pkl"))
+        save_replay_buffer(model.replay_buffer, os.path.join(tmp, "replay_buffer.npz"))
     env = model.get_vec_normalize_env()
     if env is not None:
-        env.save(os.path.join(tmp, "vecnormalize.pkl"))
+        save_vecnormalize(env, os.path.join(tmp, "vecnormalize.npz"))
     files = {name: dict(size=os.path.getsize(os.path.join(tmp, name)), sha256=_digest(os.path.join(tmp, name)))
              for name in sorted(os.listdir(tmp))}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
@@ -145,16 +150,99 @@ class ContinuedLogger(Logger):
         return cls(logger, offsets, meta.get("pending_logs"))
 
 
-def load_checkpoint(path: str, algo: str, env, device: str = "auto") -> BaseAlgorithm:
+BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def save_replay_buffer(buffer, path: str) -> None:
+    """A replay buffer's arrays and position as ``.npz`` (no pickle; Dict observations as ``observations/<key>``)."""
+    arrays = {}
+    for name in BUFFER_ARRAYS:
+        value = getattr(buffer, name, None)
+        if isinstance(value, dict):
+            arrays.update({f"{name}/{key}": array for key, array in value.items()})
+        elif isinstance(value, np.ndarray):
+            arrays[name] = value
+    with open(path, "wb") as f:
+        np.savez(f, pos=np.array(buffer.pos), full=np.array(buffer.full), **arrays)
+
+
+def load_replay_buffer(buffer, path: str) -> None:
+    """Fill ``buffer`` (the one the loaded model made, same sizes) from :func:`save_replay_buffer`'s file."""
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            if key in ("pos", "full"):
+                continue
+            name, _, sub = key.partition("/")
+            target = getattr(buffer, name)
+            target = target[sub] if sub else target
+            if target.shape != data[key].shape:
+                raise ValueError(f"{path}: {key} has shape {data[key].shape}, the model's buffer {target.shape}; the "
+                                 f"checkpoint belongs to another buffer_size or env.")
+            target[...] = data[key]
+        buffer.pos, buffer.full = int(data["pos"]), bool(data["full"])
+
+
+def _rms_arrays(prefix: str, rms) -> dict[str, np.ndarray]:
+    return {f"{prefix}/mean": np.asarray(rms.mean), f"{prefix}/var": np.asarray(rms.var),
+            f"{prefix}/count": np.asarray(rms.count)}
+
+
+def _fill_rms(rms, data, prefix: str) -> None:
+    rms.mean, rms.var, rms.count = data[f"{prefix}/mean"], data[f"{prefix}/var"], float(data[f"{prefix}/count"])
+
+
+def save_vecnormalize(env: VecNormalize, path: str) -> None:
+    """VecNormalize's statistics and settings as ``.npz`` (no pickle)."""
+    settings = dict(training=env.training, norm_obs=env.norm_obs, norm_reward=env.norm_reward, clip_obs=env.clip_obs,
+                    clip_reward=env.clip_reward, gamma=env.gamma, epsilon=env.epsilon, norm_obs_keys=env.norm_obs_keys)
+    arrays = {**_rms_arrays("ret_rms", env.ret_rms), "returns": np.asarray(env.returns)}
+    if env.norm_obs:
+        if isinstance(env.obs_rms, dict):
+            for key, rms in env.obs_rms.items():
+                arrays.update(_rms_arrays(f"obs_rms/{key}", rms))
+        else:
+            arrays.update(_rms_arrays("obs_rms", env.obs_rms))
+    with open(path, "wb") as f:
+        np.savez(f, settings=np.array(json.dumps(settings)), **arrays)
+
+
+def load_vecnormalize(path: str, venv) -> VecNormalize:
+    """A VecNormalize around ``venv`` with the statistics and settings of :func:`save_vecnormalize`'s file."""
+    with np.load(path, allow_pickle=False) as data:
+        settings = json.loads(str(data["settings"]))
+        env = VecNormalize(venv, **settings)
+        _fill_rms(env.ret_rms, data, "ret_rms")
+        if env.norm_obs:
+            if isinstance(env.obs_rms, dict):
+                for key, rms in env.obs_rms.items():
+                    _fill_rms(rms, data, f"obs_rms/{key}")
+            else:
+                _fill_rms(env.obs_rms, data, "obs_rms")
+        if data["returns"].shape == env.returns.shape:
+            env.returns = data["returns"]
+    return env
+
+
+def load_checkpoint(path: str, algo: str, env, device: str = "auto", trust: bool = False) -> BaseAlgorithm:
     """The model of checkpoint ``path`` on ``env`` (VecNormalize statistics restored onto a VecNormalize ``env``),
-    with its replay buffer for off-policy algorithms."""
-    vecnorm = os.path.join(path, "vecnormalize.pkl")
-    if os.path.isfile(vecnorm) and isinstance(env, VecNormalize):
-        env = VecNormalize.load(vecnorm, env.venv)
-    model = algo_class(algo).load(os.path.join(path, "model.zip"), env=env, device=device)
-    buffer = os.path.join(path, "replay_buffer.pkl")
-    if os.path.isfile(buffer):
-        model.load_replay_buffer(buffer)
+    with its replay buffer for off-policy algorithms. Nothing is unpickled (the model zip by
+    :func:`rlvision.model_files.load`, the buffer and statistics from ``.npz``); a checkpoint written before (its
+    ``.pkl`` files) opens only with ``trust=True``."""
+    for old in ("vecnormalize.pkl", "replay_buffer.pkl"):
+        if os.path.isfile(os.path.join(path, old)) and not trust:
+            raise UntrustedModelError(
+                f"{os.path.join(path, old)} is a pickle (checkpoints before rlvision's manifest); unpickling runs "
+                f"code from the file. If you trust it, resume with trust=True (the command line: --trust-file).")
+    if isinstance(env, VecNormalize):
+        if os.path.isfile(os.path.join(path, "vecnormalize.npz")):
+            env = load_vecnormalize(os.path.join(path, "vecnormalize.npz"), env.venv)
+        elif os.path.isfile(os.path.join(path, "vecnormalize.pkl")):
+            env = VecNormalize.load(os.path.join(path, "vecnormalize.pkl"), env.venv)
+    model = load_model(os.path.join(path, "model.zip"), env=env, device=device, algo=algo, trust=trust)
+    if os.path.isfile(os.path.join(path, "replay_buffer.npz")):
+        load_replay_buffer(model.replay_buffer, os.path.join(path, "replay_buffer.npz"))
+    elif os.path.isfile(os.path.join(path, "replay_buffer.pkl")):
+        model.load_replay_buffer(os.path.join(path, "replay_buffer.pkl"))
     return model
 
 

@@ -52,27 +52,8 @@ def policy_name(algo: str, observation_space: spaces.Space) -> str:
 # for 2-core / 24 GiB machines. SAC's and TQC's entropy coefficient starts at 0.01, not SB3's 1.0: with returns of
 # order 1 and an episode that ends on success, a large entropy bonus per step pays the agent to avoid the goal, and
 # SAC from pixels never learned the synthetic task (BENCHMARKS.md "SAC from pixels"); it is still tuned ("auto").
-_PPO = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1, vf_coef=0.5, ent_coef=0.01)
-_DQN = dict(buffer_size=100_000, learning_rate=1e-4, batch_size=32, learning_starts=100_000,
-            target_update_interval=1000, train_freq=4, gradient_steps=1, exploration_fraction=0.1,
-            exploration_final_eps=0.01)
-_SAC = dict(buffer_size=50_000, learning_rate=3e-4, batch_size=256, learning_starts=1000, train_freq=1,
-            gradient_steps=1)
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": dict(_PPO),
-    "graphedppo": dict(_PPO),
-    "a2c": dict(n_steps=5, learning_rate=7e-4, vf_coef=0.25, ent_coef=0.01),
-    "dqn": dict(_DQN),
-    "sac": dict(_SAC, ent_coef="auto_0.01"),
-    "td3": dict(_SAC, learning_rate=1e-3),
-    # sb3-contrib: RL Zoo's Atari settings where it has them (RecurrentPPO, QR-DQN), else the nearest SB3 algorithm's
-    "recurrentppo": dict(_PPO),
-    "maskableppo": dict(_PPO),
-    "trpo": dict(n_steps=128, batch_size=256, learning_rate=1e-3),
-    "qrdqn": dict(_DQN, exploration_fraction=0.025),
-    "tqc": dict(_SAC, ent_coef="auto_0.01"),
-    "crossq": dict(_SAC, learning_rate=1e-3),
-}
+# make_agent's hyperparameters per algorithm: the algorithm table's defaults (a copy each: a caller may edit them)
+DEFAULTS: dict[str, dict[str, Any]] = {name: dict(row.defaults) for name, row in ALGORITHMS.items()}
 
 
 class ReplayBufferTooLargeError(MemoryError):
@@ -112,7 +93,7 @@ def check_replay_buffer(algo: str, env: VecEnv, hyperparams: dict[str, Any], mem
     if need > memory_fraction * avail:
         fits = int(size * memory_fraction * avail / need)
         tips = [f"buffer_size={fits:,} (fits)"]
-        if algo == "dqn" and not optimize:
+        if not optimize:  # every replay-buffer algorithm of SB3 and sb3-contrib takes it
             tips.append("optimize_memory_usage=True, replay_buffer_kwargs=dict(handle_timeout_termination=False) "
                         "(halves it)")
         tips.append("a low-resolution or greyscale observation")
@@ -208,7 +189,7 @@ def make_agent(algo: str, env: VecEnv, backbone: str = DEFAULT_BACKBONE, feature
         pk = {k: v for k, v in vision_policy_kwargs("nature_cnn", algo=algo).items()
               if k in ("optimizer_kwargs", "share_features_extractor")}
         pk.update(user_policy_kwargs)
-        policy = "MlpLstmPolicy" if algo == "recurrentppo" else "MlpPolicy"
+        policy = "MlpLstmPolicy" if algorithm(algo).recurrent else "MlpPolicy"
         return cls(policy, env, policy_kwargs=pk, tensorboard_log=tensorboard_log, seed=seed, verbose=verbose,
                    device=device, **params)
     pk = vision_policy_kwargs(backbone, algo=algo, features_dim=features_dim, encoder_sharing=encoder_sharing,
@@ -217,9 +198,10 @@ def make_agent(algo: str, env: VecEnv, backbone: str = DEFAULT_BACKBONE, feature
         pk["optimizer_class"] = RMSpropTFLike
         pk["optimizer_kwargs"] = dict(eps=1e-5)
     pk.update(user_policy_kwargs)
-    if algo == "td3" and "action_noise" not in params:  # RL Zoo's TD3 exploration noise
+    noise_std = algorithm(algo).action_noise_std  # RL Zoo's TD3 exploration noise
+    if noise_std is not None and "action_noise" not in params:
         n = env.action_space.shape[0]
-        params["action_noise"] = NormalActionNoise(np.zeros(n), 0.1 * np.ones(n))
+        params["action_noise"] = NormalActionNoise(np.zeros(n), noise_std * np.ones(n))
     if "buffer_size" in params:
         check_replay_buffer(algo, env, params, memory_fraction)
     policy = drqv2_policy(algo) if encoder_sharing == "critic" else policy_name(algo, env.observation_space)

@@ -15,7 +15,6 @@ stack (with ``frameskip: 1`` for ``ALE/*-v5``), MiniGrid ids the RGB partial-vie
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
@@ -25,6 +24,7 @@ from rlvision import backbone_info
 from rlvision.algorithms import ALGORITHMS
 from rlvision.envs.factory import env_family
 from rlvision.extractors import DEFAULT_BACKBONE
+from rlvision.commands import command_parser
 
 from .factory import DEFAULTS, policy_name
 
@@ -41,7 +41,8 @@ def zoo_hyperparams(algo: str, env_id: str, backbone: str = DEFAULT_BACKBONE, n_
     backbone_info(backbone)  # unknown names fail here, with the list
     args = ", ".join([repr(backbone), f"algo={ours!r}"] + [f"{k}={v!r}" for k, v in backbone_kwargs.items()])
     kwargs = f"__import__('rlvision').policy_kwargs({args})"
-    if ours == "a2c":  # as make_agent: RL Zoo's RMSprop for A2C (Zoo's namespace has RMSpropTFLike)
+    row = ALGORITHMS[ours]
+    if row.optimizer == "rmsprop":  # as make_agent: RL Zoo's RMSprop for A2C (Zoo's namespace has RMSpropTFLike)
         kwargs = f"dict({kwargs}, optimizer_class=RMSpropTFLike, optimizer_kwargs=dict(eps=1e-5))"
     entry: dict[str, Any] = dict(policy=policy_name(ours, None), n_envs=n_envs, n_timesteps=float(n_timesteps),
                                  policy_kwargs=kwargs, **DEFAULTS[ours])
@@ -52,13 +53,13 @@ def zoo_hyperparams(algo: str, env_id: str, backbone: str = DEFAULT_BACKBONE, n_
             entry["env_kwargs"] = dict(frameskip=1)  # AtariWrapper skips 4 frames; v5 would skip 4 more
     elif family == "minigrid":
         entry["env_wrapper"] = ["minigrid.wrappers.RGBImgPartialObsWrapper", "minigrid.wrappers.ImgObsWrapper"]
-    if ours == "td3":  # make_agent's exploration noise, in Zoo's spelling
-        entry.update(noise_type="normal", noise_std=0.1)
+    if row.action_noise_std is not None:  # make_agent's exploration noise, in Zoo's spelling
+        entry.update(noise_type="normal", noise_std=row.action_noise_std)
     return {env_id: entry}
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("zoo", __doc__)
     parser.add_argument("--algo", required=True, help=f"Zoo's algorithm name: {', '.join(ZOO_ALGOS)}")
     parser.add_argument("--env", required=True, help="the env id you pass to rl_zoo3.train")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--backbone-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{norm: gn}'")
     parser.add_argument("--n-envs", type=int, default=8, help='parallel envs in the Zoo file (default 8)')
     parser.add_argument("--n-timesteps", type=int, default=1_000_000, help="Zoo's n_timesteps (default 1,000,000)")
-    parser.add_argument("--out", help="write here instead of stdout")
+    parser.add_argument("--out", help="write here (default: stdout)")
     args = parser.parse_args(argv)
     try:
         text = yaml.safe_dump(zoo_hyperparams(args.algo, args.env, args.backbone, args.n_envs, args.n_timesteps,

@@ -18,12 +18,12 @@ from .factory import algo_class
 
 
 def register_algorithms() -> dict[str, type]:
-    """Put rlvision's class of every algorithm Zoo knows (by Zoo's name) and GraphedPPO into ``rl_zoo3``'s ALGOS
-    table; returns what was written."""
+    """Put rlvision's class of every algorithm Zoo knows (by Zoo's name) and rlvision's own algorithms (GraphedPPO,
+    by its own name) into ``rl_zoo3``'s ALGOS table; returns what was written."""
     from rl_zoo3.utils import ALGOS
 
     ours = {row.zoo_name or name: algo_class(name) for name, row in ALGORITHMS.items()
-            if row.zoo_name in ALGOS or name == "graphedppo"}
+            if row.zoo_name in ALGOS or row.cls_path.startswith("rlvision.")}
     ALGOS.update(ours)
     return ours
 

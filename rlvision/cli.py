@@ -1,6 +1,6 @@
 """The ``rlvision`` command: one thin parser per job over the library (installed by pip as a console script).
 
-    rlvision train experiments/configs/ppo_synthetic.yaml --set steps=20000
+    rlvision train ppo_synthetic --set steps=20000
     rlvision compare --env ALE/Pong-v5 --backbones nature_cnn,mobilenetv4_nano_rl --steps 4096
     rlvision sweep --config experiments/configs/sweep_learning_v2_doorkey.yaml --out runs/learning-v2-doorkey
     rlvision bench --input 4x84x84

@@ -29,6 +29,8 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
+from .policies import policy_head, policy_outputs
+
 
 def effective_rank(features: torch.Tensor, delta: float = 0.01) -> int:
     """srank_delta of a (B, D) feature matrix: the smallest k with sum of the k largest singular values >=
@@ -90,32 +92,26 @@ def vision_extractors(policy: nn.Module) -> list[nn.Module]:
 
 
 def _policy_outputs(policy: nn.Module, obs: Any) -> tuple[Any, torch.Tensor | None]:
-    """(torch action distribution or None, value-like tensor or None) of an SB3 policy: actor-critic -> (pi, V);
-    SAC/TQC/CrossQ -> (actor's distribution, Q of its mean action); TD3 -> (None, Q of its action); DQN -> (None,
-    Q-values). SB3's Distribution objects are reused by every call, so the torch distribution inside is returned."""
-    if hasattr(policy, "mlp_extractor") and hasattr(policy, "value_net") and not hasattr(policy, "lstm_actor"):
-        # one extractor pass, as the PPO/A2C update's evaluate_actions (a second pass would see BatchNorm statistics
-        # the first one moved)
-        features = policy.extract_features(obs)
-        if policy.share_features_extractor:
-            latent_pi, latent_vf = policy.mlp_extractor(features)
-        else:
-            latent_pi = policy.mlp_extractor.forward_actor(features[0])
-            latent_vf = policy.mlp_extractor.forward_critic(features[1])
-        return policy._get_action_dist_from_latent(latent_pi).distribution, policy.value_net(latent_vf)
-    actor, critic = getattr(policy, "actor", None), getattr(policy, "critic", None)
-    if actor is not None and hasattr(actor, "get_action_dist_params"):
-        mean, log_std, kwargs = actor.get_action_dist_params(obs)
-        dist = actor.action_dist.proba_distribution(mean, log_std, **kwargs).distribution
-        q = critic(obs, torch.tanh(mean))[0] if critic is not None else None
-        return dist, q
-    if actor is not None:
-        action = actor(obs)
-        return None, critic(obs, action)[0] if critic is not None else action
-    q_net = getattr(policy, "q_net", None) or getattr(policy, "quantile_net", None)
-    if q_net is not None:
-        return None, q_net(obs)
-    return None, None
+    """(torch action distribution or None, value-like tensor or None) of an SB3 policy, from
+    :func:`rlvision.policies.policy_outputs` (one encoder pass): actor-critic -> (pi, V); squashed Gaussian actors
+    (SAC/TQC/CrossQ) -> (the actor's distribution, Q of its mean action); deterministic actors (TD3) -> (None, Q of
+    its action); Q/quantile networks -> (None, values per action). Recurrent policies need their LSTM state: none.
+    SB3's Distribution objects are reused by every call, so the torch distribution inside is returned."""
+    if hasattr(policy, "lstm_actor"):
+        return None, None
+    try:
+        head = policy_head(policy)
+    except ValueError:
+        return None, None
+    out = policy_outputs(policy, obs, head, critic_q=True)
+    if head == "distribution":
+        return policy._get_action_dist_from_latent(out.latent_pi).distribution, out.value
+    if head == "squashed_gaussian":
+        dist = policy.actor.action_dist.proba_distribution(out.params, out.log_std, **out.dist_kwargs)
+        return dist.distribution, out.q
+    if head == "deterministic":
+        return None, out.q if out.q is not None else out.params
+    return None, out.q
 
 
 def _stage_groups(backbone: nn.Module) -> list[tuple[str, nn.Module]]:

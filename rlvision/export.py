@@ -34,7 +34,6 @@ coremltools and scikit-learn, hence its own extra).
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 from dataclasses import dataclass
@@ -44,12 +43,13 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from .algorithms import ALGORITHMS
+from .policies import policy_outputs
 from .quiet import quiet_exporter, quiet_native_stderr
 
 FORMATS = ("onnx", "torchscript", "executorch")
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "executorch": ".pte"}
-SUPPORTED = ("ppo", "a2c", "graphedppo", "trpo", "maskableppo", "recurrentppo", "sac", "td3", "tqc", "crossq", "dqn",
-             "qrdqn")
+SUPPORTED = tuple(name for name, row in ALGORITHMS.items() if row.exportable)
 
 
 class ExportMismatchError(RuntimeError):
@@ -97,25 +97,24 @@ class _PolicyGraph(nn.Module):
         super().__init__()
         from stable_baselines3.common.distributions import (CategoricalDistribution, DiagGaussianDistribution,
                                                             MultiCategoricalDistribution)
-        from stable_baselines3.common.policies import ActorCriticPolicy
 
         self.algo = _algo_name(model)
         if self.algo not in SUPPORTED:
             raise ValueError(f"Cannot export {type(model).__name__}; supported: {', '.join(SUPPORTED)}.")
+        row = ALGORITHMS[self.algo]
+        self.head = row.head
         self.policy = _folded_policy(model)
         self.space = model.observation_space
         self.keys = list(self.space.spaces) if isinstance(self.space, spaces.Dict) else None
         self.with_value, self.logits = with_value, logits
-        self.masked = self.algo == "maskableppo"
-        self.recurrent = self.algo == "recurrentppo"  # the actor's LSTM state in and out, episode starts in
+        self.masked = row.masked
+        self.recurrent = row.recurrent  # the actor's LSTM state in and out, episode starts in
         action_space = model.action_space
         box = isinstance(action_space, spaces.Box)
         if box:
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
-        # SB3's ActorCriticPolicy and sb3-contrib's MaskableActorCriticPolicy (not a subclass; same parts)
-        self.actor_critic = isinstance(self.policy, ActorCriticPolicy) or all(
-            hasattr(self.policy, part) for part in ("mlp_extractor", "action_net", "value_net"))
+        self.actor_critic = row.head == "distribution"  # SB3's action distribution and a state value
         if with_value and (not self.actor_critic or self.recurrent):
             raise ValueError(f"with_value: {type(model).__name__} has no state-value critic to export; export "
                              f"without it (Q values of SAC/TD3 critics and RecurrentPPO's value are not exported).")
@@ -131,13 +130,13 @@ class _PolicyGraph(nn.Module):
                 raise ValueError(f"Cannot export the {type(dist).__name__} action distribution; supported: "
                                  f"Categorical (Discrete), MultiCategorical (MultiDiscrete), DiagGaussian (Box, "
                                  f"no gSDE).")
-        elif self.algo in ("sac", "tqc", "crossq"):
+        elif row.head == "squashed_gaussian":
             if self.policy.actor.use_sde:
                 raise ValueError("Cannot export a SAC-style actor with gSDE (use_sde=True).")
             self.kind = "squashed"
-        elif self.algo == "td3":
-            self.kind = "td3"
-        else:
+        elif row.head == "deterministic":
+            self.kind = "deterministic"
+        else:  # "q", "quantile": greedy on the values per action
             self.kind = "greedy"
         if logits and self.kind == "greedy":
             raise ValueError(f"logits: {type(model).__name__} acts greedily on Q values; export without --logits.")
@@ -156,7 +155,7 @@ class _PolicyGraph(nn.Module):
             names += ["state_h_out", "state_c_out"]
         if self.logits:
             names += ["mean", "log_std"] if self.kind in ("gaussian", "squashed") else (
-                ["mu"] if self.kind == "td3" else ["logits"])
+                ["mu"] if self.kind == "deterministic" else ["logits"])
         return names
 
     def _unscale(self, action: torch.Tensor) -> torch.Tensor:  # [-1, 1] -> the action space, as SB3's predict
@@ -181,14 +180,9 @@ class _PolicyGraph(nn.Module):
             if self.logits:
                 out += [params, p.log_std.expand_as(params)] if self.kind == "gaussian" else [params]
             return tuple(out)
+        outputs = policy_outputs(p, obs, self.head)
         if self.actor_critic:
-            features = p.extract_features(obs)
-            if p.share_features_extractor:
-                latent_pi, latent_vf = p.mlp_extractor(features)
-            else:
-                latent_pi, latent_vf = p.mlp_extractor.forward_actor(features[0]), p.mlp_extractor.forward_critic(
-                    features[1])
-            params = p.action_net(latent_pi)
+            params = outputs.params
             if self.kind == "categorical":
                 if self.masked:
                     params = torch.where(inputs[-1].to(torch.bool), params, torch.full_like(params, -1e8))
@@ -200,21 +194,19 @@ class _PolicyGraph(nn.Module):
                 action = self._unscale(torch.tanh(params)) if self.squash else torch.clamp(params, self.low, self.high)
             out.append(action)
             if self.with_value:
-                out.append(p.value_net(latent_vf))
+                out.append(outputs.value)
             if self.logits:
-                out += [params, p.log_std.expand_as(params)] if self.kind == "gaussian" else [params]
+                out += [params, outputs.log_std.expand_as(params)] if self.kind == "gaussian" else [params]
         elif self.kind == "squashed":
-            mean, log_std, _ = p.actor.get_action_dist_params(obs)
-            out.append(self._unscale(torch.tanh(mean)))
+            out.append(self._unscale(torch.tanh(outputs.params)))
             if self.logits:
-                out += [mean, log_std]
-        elif self.kind == "td3":
-            mu = p.actor(obs)
-            out.append(self._unscale(mu))
+                out += [outputs.params, outputs.log_std]
+        elif self.kind == "deterministic":
+            out.append(self._unscale(outputs.params))
             if self.logits:
-                out.append(mu)
+                out.append(outputs.params)
         else:
-            out.append(p._predict(obs, deterministic=True))
+            out.append(outputs.q.argmax(dim=1))  # SB3's greedy _predict
         return tuple(out)
 
 
@@ -244,12 +236,12 @@ def _sample_inputs(model, n: int, obs_from: str | None, seed: int = 0) -> list[n
         stacked = ({k: np.stack([s[k] for s in samples]) for k in space.spaces} if isinstance(space, spaces.Dict)
                    else np.stack(samples))
     inputs = [stacked[k] for k in space.spaces] if isinstance(space, spaces.Dict) else [stacked]
-    if _algo_name(model) == "recurrentppo":
+    if ALGORITHMS[_algo_name(model)].recurrent:
         rng = np.random.default_rng(seed)
         layers, _, hidden = model.policy.lstm_hidden_state_shape
         inputs += [rng.standard_normal((layers, n, hidden)).astype(np.float32) for _ in range(2)]
         inputs.append((rng.random(n) < 0.3).astype(np.float32))
-    if _algo_name(model) == "maskableppo":
+    if ALGORITHMS[_algo_name(model)].masked:
         rng = np.random.default_rng(seed)
         masks = rng.random((n, int(model.action_space.n))) < 0.6
         masks[np.arange(n), rng.integers(0, model.action_space.n, n)] = True  # at least one legal action
@@ -615,33 +607,47 @@ class ExecuTorchPolicy(OnnxPolicy):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rlvision.agents import algo_class
+    from rlvision.commands import command_parser
+    from rlvision.model_files import UntrustedModelError, read_zip
+    from rlvision.model_files import load as load_model
 
-    parser = argparse.ArgumentParser(prog="rlvision export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("export", __doc__)
     parser.add_argument("model", help="an SB3 model zip (or, with --check-only, the exported file)")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default onnx)")
     parser.add_argument("--out", help="the file to write (default: the zip's name with .onnx / .pt / .pte)")
-    parser.add_argument("--algo", help="the algorithm, when the zip's name does not say (ppo, sac, dqn, ...)")
+    parser.add_argument("--algo", help="the algorithm, when the zip's name does not say (ppo, sac, dqn, ...; "
+                                       "default: told from the file)")
     parser.add_argument("--batch", type=int, help="fix the batch size (default: dynamic)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--with-value", action="store_true", help="also output the critic's value (actor-critic)")
     parser.add_argument("--logits", action="store_true", help="also output the action distribution's parameters")
     parser.add_argument("--n-check", type=int, default=32, help="observations for the check (default 32)")
-    parser.add_argument("--obs-from", metavar="ENV_ID", help="check on frames of this env instead of random ones")
+    parser.add_argument("--obs-from", metavar="ENV_ID",
+                        help="check on frames of this env (default: random observations of the model's space)")
     parser.add_argument("--check-only", action="store_true",
                         help="re-verify an existing exported file (MODEL is the file; --zip gives the model zip)")
-    parser.add_argument("--zip", dest="zip_path", help="with --check-only: the SB3 model zip to compare with")
+    parser.add_argument("--zip", dest="zip_path", help="with --check-only: the SB3 model zip to compare with (default: "
+                                                               "none)")
+    parser.add_argument("--trust-file", action="store_true",
+                        help="open a model zip whose entries need unpickling (runs code from the file; only for files "
+                             "you trust; zips rlvision saved never need it)")
     args = parser.parse_args(argv)
     zip_path = args.zip_path if args.check_only else args.model
     if not zip_path or not os.path.isfile(zip_path):
         parser.error(f"{zip_path!r}: no such model zip" + (" (--check-only needs --zip MODEL.zip)"
                                                             if args.check_only else ""))
+    try:
+        read_zip(zip_path)  # not a zip, or not SB3's: no --algo can fix that
+    except ValueError as error:
+        parser.error(str(error))
     algo = args.algo or _guess_algo(zip_path)
     if algo is None:
         parser.error(f"cannot tell the algorithm of {zip_path}; pass --algo ({', '.join(SUPPORTED)}).")
-    try:
-        model = algo_class(algo).load(zip_path, device="cpu")
+    try:  # nothing in the file is unpickled (rlvision.model_files) unless --trust-file
+        model = load_model(zip_path, device="cpu", algo=algo, trust=args.trust_file)
+    except UntrustedModelError as error:
+        parser.error(str(error).replace("trust=True) (the command line: --trust-file)", "trust=True): pass "
+                                        "--trust-file"))
     except Exception as error:  # noqa: BLE001  (whatever SB3's loader raises on a file of another algorithm)
         parser.error(f"{zip_path}: cannot load it as {algo} ({error}); pass the right --algo.")
     try:
@@ -656,28 +662,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _guess_algo(path: str) -> str | None:
-    """The algorithm from SB3's saved data (its policy class's module) or the file name."""
-    import zipfile
-
+    """The algorithm from the file name (``ppo_pong.zip``), or the zip's manifest or policy class
+    (:func:`rlvision.model_files.algorithm_of`)."""
     from rlvision.algorithms import ALGORITHMS
+    from rlvision.model_files import algorithm_of
 
     name = os.path.basename(path).lower()
     for algo in sorted(ALGORITHMS, key=len, reverse=True):
         if name.startswith(algo + "_") or name.startswith(algo + "-") or name == algo + ".zip":
             return algo
-    try:
-        with zipfile.ZipFile(path) as z:
-            data = z.read("data").decode(errors="replace")
-    except (OSError, KeyError, zipfile.BadZipFile):
-        return None
-    hints = {"sb3_contrib.common.maskable": "maskableppo", "sb3_contrib.common.recurrent": "recurrentppo",
-             "sb3_contrib.qrdqn": "qrdqn", "sb3_contrib.tqc": "tqc", "sb3_contrib.crossq": "crossq",
-             "stable_baselines3.sac": "sac", "stable_baselines3.td3": "td3", "stable_baselines3.dqn": "dqn",
-             "ActorCritic": "ppo"}  # PPO, A2C, TRPO share the policy class; PPO.load acts the same for all three
-    for hint, algo in hints.items():
-        if hint in data:
-            return algo
-    return None
+    return algorithm_of(path)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from .extractors import DEFAULT_BACKBONE
 # (rlvision.encode), SAC-style encoder sharing ("separate" | "actor" | "critic" = DrQ-v2, rlvision.drq), and the
 # algorithm of this entry instead of the run's (e.g. 'nature_cnn[algo=graphedppo]' next to 'nature_cnn')
 RUN_OPTIONS = ("encode_once", "encoder_sharing", "algo")
+# env steps of a run when none is given: RunSpec, rlvision train, compare and sweep
+DEFAULT_STEPS = 20_000
 # the encoder diagnostics (rlvision.diagnostics) that go into the row (the full history: the row's "diagnostics")
 DIAGNOSTIC_COLUMNS = ("features_srank", "features_dormant", "grad_share")
 
@@ -59,7 +61,7 @@ class RunSpec:
     backbone: str = DEFAULT_BACKBONE
     options: dict[str, Any] = field(default_factory=dict)
     algo: str = "ppo"
-    steps: int = 4096
+    steps: int = DEFAULT_STEPS
     n_envs: int = 8
     seed: int = 0
     hyperparams: dict[str, Any] = field(default_factory=dict)
@@ -227,14 +229,18 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
     if spec.measure_overhead and not encode_once:
         row.update(measure_overhead(spec.replace(algo=algo, options=options)))
     env.close()
-    if spec.logdir:
-        from torch.utils.tensorboard import SummaryWriter
+    if spec.logdir:  # the run's hyperparameters and summary in its own event file (TensorBoard's HPARAMS tab)
+        from stable_baselines3.common.logger import HParam
 
-        with SummaryWriter(os.path.join(spec.logdir, label)) as writer:
-            writer.add_hparams({"backbone": label, "preprocess": spec.stage or "none", "algo": algo, "env": spec.env,
-                                "steps": spec.steps, "n_envs": spec.n_envs, "seed": spec.seed},
-                               {f"summary/{k}": float(v) for k, v in row.items()
-                                if isinstance(v, (int, float)) and k != "steps"}, run_name=".")
+        metrics = {f"summary/{k}": float(v) for k, v in row.items() if isinstance(v, (int, float)) and k != "steps"}
+        tensorboard_only = ("stdout", "log", "json", "csv")
+        model.logger.record("hparams", HParam({"backbone": label, "preprocess": spec.stage or "none", "algo": algo,
+                                               "env": spec.env, "steps": spec.steps, "n_envs": spec.n_envs,
+                                               "seed": spec.seed}, metrics), exclude=tensorboard_only)
+        for key, value in metrics.items():
+            model.logger.record(key, value, exclude=tensorboard_only)
+        model.logger.dump(model.num_timesteps)
+        model.logger.close()
     return row
 
 

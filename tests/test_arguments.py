@@ -86,5 +86,5 @@ def test_compare_backbones_options_are_checked(argv, message, capsys):
     ("backbone_kwargs=[1]", "'backbone_kwargs' must be a mapping"), ("learning_rat=1", "--set wants key=value"),
 ])
 def test_train_config_values_are_checked(override, message):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ValueError, match=message):
         train.load_config(None, [override])

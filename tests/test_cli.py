@@ -29,25 +29,45 @@ def test_help_of_the_command_and_of_every_subcommand_outside_the_checkout(tmp_pa
     assert typo.returncode == 2 and "did you mean 'compare'" in typo.stderr
 
 
-def test_every_option_has_help_text():
+def _parser(name):
+    """The parser ``rlvision NAME`` builds (its parse_args stopped before anything runs)."""
     import argparse
 
-    for name in COMMANDS:
-        captured = {}
-        original = argparse.ArgumentParser.parse_args
+    captured = {}
+    original = argparse.ArgumentParser.parse_args
 
-        def grab(self, args=None, namespace=None, captured=captured):
-            captured["parser"] = self
-            raise SystemExit(0)
+    def grab(self, args=None, namespace=None):
+        captured["parser"] = self
+        raise SystemExit(0)
 
-        argparse.ArgumentParser.parse_args = grab
-        try:
-            with pytest.raises(SystemExit):
-                main([name])
-        finally:
-            argparse.ArgumentParser.parse_args = original
-        missing = [a.dest for a in captured["parser"]._actions if not a.help and a.dest != "help"]
-        assert not missing, (name, missing)
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        with pytest.raises(SystemExit):
+            main([name])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    return captured["parser"]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_option_has_help_that_states_its_default(name):
+    """Issue 33 item 8: a newcomer reads each option's default in --help, and the description as plain text."""
+    import argparse
+
+    parser = _parser(name)
+    assert parser.prog == f"rlvision {name}"
+    missing = [a.dest for a in parser._actions if not a.help and a.dest != "help"]
+    assert not missing, (name, missing)
+    formatter = parser._get_formatter()
+    no_default = [a.option_strings[0] for a in parser._actions
+                  if a.option_strings and a.dest != "help" and not a.required
+                  and not isinstance(a, argparse._StoreConstAction)
+                  and "default" not in formatter._get_help_string(a)]
+    assert not no_default, (name, no_default)
+    text = parser.format_help()
+    assert "``" not in text and ":class:" not in text and ":func:" not in text
+    assert not [line for line in text.splitlines() if re.search(r"\S {3,}\S", line.strip()) and "  " not in
+                line[:4] and not line.strip().startswith("-")], text
 
 
 def test_no_module_edits_sys_path_or_imports_a_script():

@@ -58,7 +58,12 @@ def test_compare_backbones_writes_table_and_runs(tmp_path):
         assert abs(sum(row[p] for p in PHASES) - 1) < 0.01
         assert row["fps_profiled"] > 0 and row["fps_unprofiled"] > 0 and "profiler_overhead" in row
         tags = scalar_tags(tmp_path / row["backbone"])
-        assert {"train/loss", "rlvision/share/env", "rlvision/share/backward"} <= tags
+        assert {"train/loss", "rlvision/share/env", "rlvision/share/backward", "summary/fps"} <= tags
+        events = [p for p in (tmp_path / row["backbone"]).iterdir() if p.name.startswith("events.out.tfevents")]
+        assert len(events) == 1, events  # one event file per run: no empty second one (issue 33 item 8)
+        acc = EventAccumulator(str(events[0]))
+        acc.Reload()
+        assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")  # TensorBoard's HPARAMS tab
     table = (tmp_path / "summary.md").read_text()
     assert "mobilenetv4_custom" in table and "Env alone" in table
     assert (tmp_path / "summary.csv").read_text().startswith("backbone,")

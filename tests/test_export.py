@@ -192,7 +192,7 @@ def test_train_exports_at_the_end_of_a_run(tmp_path):
                   hyperparams="{n_steps: 32, batch_size: 32, n_epochs: 1}", export="torchscript")
     train.main([a for k, v in values.items() for a in ("--set", f"{k}={v}")] + ["--no-progress"])
     assert (tmp_path / "r" / "policy.pt").is_file()
-    with pytest.raises(SystemExit, match="'export' must be one of"):
+    with pytest.raises(ValueError, match="'export' must be one of"):
         train.load_config(None, ["export=tflite"])
 
 

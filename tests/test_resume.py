@@ -12,7 +12,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlvision.agents.checkpoints import check_checkpoint, config_hash, latest_checkpoint, load_checkpoint
+from rlvision.agents.checkpoints import (check_checkpoint, config_hash, latest_checkpoint, load_checkpoint,
+                                         load_vecnormalize)
 from rlvision.envs import make_env
 from rlvision.commands import train
 
@@ -53,7 +54,7 @@ def step_counts(run_dir, tag="time/fps"):
     return counts
 
 
-def test_killed_run_resumes_to_the_same_steps_without_a_gap(tmp_path):
+def test_killed_run_resumes_to_the_same_steps_without_a_gap(tmp_path, capsys):
     argv = settings(tmp_path, steps=100_000)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "experiments", "train.py"), *argv], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -65,8 +66,9 @@ def test_killed_run_resumes_to_the_same_steps_without_a_gap(tmp_path):
     proc.wait()
     assert len(list(checkpoints.glob("step_*"))) >= 2, "no checkpoint within 120 s"
     assert not (tmp_path / "runs" / "r" / "model.zip").exists()  # killed: nothing saved at the end
-    with pytest.raises(SystemExit, match="already has checkpoints: pass --resume"):
+    with pytest.raises(SystemExit) as exit_:
         train.main(settings(tmp_path, steps=512))  # no silent overwrite
+    assert exit_.value.code == 2 and "already has checkpoints: pass --resume" in capsys.readouterr().err
     result = train.main(settings(tmp_path, steps=512) + ["--resume"])
     assert result["steps"] == 512 and result["resumed_from"] >= 128
     steps = logged_steps(tmp_path / "runs" / "r")
@@ -111,8 +113,10 @@ def test_corrupted_or_foreign_checkpoints_are_skipped(tmp_path, capsys):
     assert result["resumed_from"] == 64
     other = config_hash({**cfg, "backbone": "impala_cnn"}, train.RESUMABLE_CHANGES)
     assert "another config" in check_checkpoint(str(checkpoints / "step_000000000064"), other)
-    with pytest.raises(SystemExit, match="no complete checkpoint of this config"):
+    with pytest.raises(SystemExit) as exit_:
         train.main(settings(tmp_path, steps=256, backbone="impala_cnn") + ["--resume"])
+    assert exit_.value.code == 2 and "rlvision train: error: --resume: no complete checkpoint of this config" in \
+        capsys.readouterr().err
 
 
 def test_vecnormalize_statistics_come_back(tmp_path):
@@ -120,8 +124,8 @@ def test_vecnormalize_statistics_come_back(tmp_path):
 
     train.main(settings(tmp_path, steps=128, normalize_reward=True))
     latest = tmp_path / "runs" / "r" / "checkpoints" / "step_000000000128"
-    assert (latest / "vecnormalize.pkl").exists()
-    saved = VecNormalize.load(str(latest / "vecnormalize.pkl"), make_env("SyntheticPixel-v0", n_envs=2,
+    assert (latest / "vecnormalize.npz").exists() and not (latest / "vecnormalize.pkl").exists()  # no pickle
+    saved = load_vecnormalize(str(latest / "vecnormalize.npz"), make_env("SyntheticPixel-v0", n_envs=2,
                                                                          env_kwargs=dict(size=36, grid=3)))
     env = VecNormalize(make_env("SyntheticPixel-v0", n_envs=2, env_kwargs=dict(size=36, grid=3)), norm_obs=False)
     model = load_checkpoint(str(latest), "ppo", env)

@@ -47,7 +47,7 @@ def test_train_refuses_typos_before_making_its_folder(tmp_path, changes, message
 
 
 def test_train_set_key_typo_names_the_closest_key():
-    with pytest.raises(SystemExit, match=r"'stepz' \(did you mean 'steps'\?\)"):
+    with pytest.raises(ValueError, match=r"'stepz' \(did you mean 'steps'\?\)"):
         train.load_config(None, ["stepz=10"])
 
 
@@ -128,3 +128,62 @@ def test_compare_checks_preprocessing_files_before_training(tmp_path, capsys):
                       f"none,flexnet_rl:{empty}", "--logdir", str(tmp_path / "log"), "--no-progress"])
     assert exit_.value.code == 2 and "are empty" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "log")
+
+
+def test_train_runs_a_shipped_config_by_name_outside_the_checkout(tmp_path, monkeypatch, capsys):
+    """Issue 33 item 8: the example configs ship with the package; an unknown name lists them."""
+    monkeypatch.chdir(tmp_path)
+    result = train.main(["ppo_synthetic", "--set", "steps=64", "--set", "n_envs=2", "--set", "eval_episodes=0",
+                         "--set", "env_kwargs={size: 36, grid: 3}", "--set", "hyperparams={n_steps: 32, batch_size: "
+                         "32}", "--set", "log_dir=runs", "--no-progress"])
+    assert result["steps"] == 64 and (tmp_path / "runs").is_dir()
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["ppo_synthtic", "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "rlvision train: error:" in err and "ppo_synthetic, sac_synthetic" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "steps=-5"], "'steps' must be an int >= 1"),
+    (["--set", "stepz=5"], "'stepz' (did you mean 'steps'?)"),
+])
+def test_train_user_errors_exit_2_with_the_commands_prefix(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(argv + ["--set", f"log_dir={tmp_path}", "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "rlvision train: error: " in err and message in err
+
+
+def test_compare_and_sweep_refuse_a_hyperparameter_typo_before_anything_starts(tmp_path, capsys, monkeypatch):
+    """Issue 33 item 8: caught before the env is measured or Ray starts; nothing is left behind."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--env", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--hyperparams", "{n_step: 64}",
+                      "--logdir", str(tmp_path / "c"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "rlvision compare: error:" in err and "'n_step' (did you mean 'n_steps'?)" in err
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--envs", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--hyperparams", "{n_step: 64}",
+                    "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "rlvision sweep: error:" in err and "'n_step' (did you mean 'n_steps'?)" in err
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--envs", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--steps", "-5",
+                    "--out", str(tmp_path / "s")])
+    assert exit_.value.code == 2 and "steps must be a number >= 1, got -5" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_compare_refuses_a_folder_that_holds_a_comparison(tmp_path, capsys):
+    """Issue 33 item 8: `make demo` twice overlaid two runs of each backbone in one TensorBoard folder."""
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "summary.md").write_text("an earlier comparison")
+    argv = ["--env", "SyntheticPixel-v0", "--env-kwargs", "{size: 36, grid: 3}", "--backbones", "nature_cnn",
+            "--steps", "32", "--n-envs", "2", "--hyperparams", "{n_steps: 16, batch_size: 32}", "--logdir",
+            str(tmp_path / "c"), "--no-progress", "--same-process"]
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(argv)
+    assert exit_.value.code == 2 and "--overwrite to replace it" in capsys.readouterr().err
+    assert (tmp_path / "c" / "summary.md").read_text() == "an earlier comparison"
+    rows = compare.main(argv + ["--overwrite"])
+    assert rows[0]["steps"] == 32 and "nature_cnn" in (tmp_path / "c" / "summary.md").read_text()

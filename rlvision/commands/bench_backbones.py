@@ -10,12 +10,12 @@ repeats after warm-up, and training memory. Writes ``<out>/bench.md``, ``bench.c
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import rlvision
 from rlvision.stats import markdown_table
 from rlvision.benchmark import benchmark_backbones
+from rlvision.commands import command_parser
 
 # Too slow or too big for a default sweep at a 256 batch on 2 cores / 24 GiB; ask for them by name (with a smaller
 # --batches training batch: the ImageNet-sized variants need several GB of activations per 32 frames at 84 px).
@@ -24,7 +24,7 @@ HEAVY = {"mobilenetv4_medium", "mobilenetv4_large", "mobilenetv4_hybrid_large", 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("bench", __doc__)
     parser.add_argument("--backbones", default=None, help="comma-separated; default: all but the heaviest")
     parser.add_argument("--input", default="4x84x84", help="CxHxW")
     parser.add_argument("--batches", default="8,256", help="rollout batch,training batch")
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help='timed repeats per measurement; the median is reported (default 5)')
     parser.add_argument("--warmup", type=int, default=2, help='untimed calls before measuring (default 2)')
     parser.add_argument("--device", default="cpu", help='cpu or cuda (default cpu)')
-    parser.add_argument("--out", default="runs/bench-backbones", help='folder for summary.md / summary.csv')
+    parser.add_argument("--out", default="runs/bench-backbones",
+                        help="folder for bench.md, bench.csv and the TensorBoard scalars")
     args = parser.parse_args(argv)
     names = (args.backbones.split(",") if args.backbones
              else [n for n in rlvision.list_backbones() if n not in HEAVY])

@@ -9,7 +9,6 @@ forward latency of each backbone (as the RL encoder) on the same batch at the up
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import time
@@ -21,6 +20,7 @@ from gymnasium import spaces
 import rlvision
 from rlvision.stats import markdown_table
 from rlvision.benchmark import count_flops
+from rlvision.commands import command_parser
 
 
 def latency_ms(fn, repeats: int, warmup: int) -> tuple[float, float]:
@@ -37,7 +37,7 @@ def latency_ms(fn, repeats: int, warmup: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("bench-preprocess", __doc__)
     parser.add_argument("--stages", default="bicubic,flexnet_rl,transformer_sr_rl,flexnet",
                         help='comma-separated preprocessing stages to time')
     parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano",

@@ -26,7 +26,6 @@ Prints markdown tables and writes them to ``<out>/speed.md``. Times on CUDA sync
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -38,6 +37,7 @@ from gymnasium import spaces
 import rlvision
 from rlvision.cuda_graphs import CudaGraphStep
 from rlvision.stats import markdown_table
+from rlvision.commands import command_parser
 
 
 # the small backbones (the RL presets and the encoders of their size), the reference first
@@ -225,7 +225,7 @@ def _gpu_update(space, name, reference, x, device, opts):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("bench-speed", __doc__)
     parser.add_argument("--loop-backbones", default=",".join(LOOP_BACKBONES),
                         help="backbones for the RL-loop table ('' to skip it); the first is the reference of the "
                              f"ratios (default {','.join(LOOP_BACKBONES)})")

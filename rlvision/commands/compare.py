@@ -8,8 +8,12 @@
    env stepping, rollout forward, training forward, backward, optimizer step and the rest. Each backbone gets its
    own TensorBoard run under ``<logdir>/<backbone>`` (TensorBoard overlays them) with its hparams.
 3. Optionally (``--measure-overhead``) train alternating chunks with and without the profiler to measure its cost.
-4. Print a table (FPS, phase shares, params, FLOPs, final return) and save it as summary.md / summary.csv plus a
-   PNG of time per 1000 steps by phase. Ctrl-C stops training and still writes the table of what finished.
+4. Print a table (FPS, phase shares, params, FLOPs; the final return with --eval-episodes > 0, which is 0 by
+   default) and save it as summary.md / summary.csv plus a PNG of time per 1000 steps by phase. Ctrl-C stops
+   training and still writes the table of what finished.
+
+Each comparison gets its own --logdir (default: runs/compare-<env>-<time>): a folder that already holds a
+comparison is refused (--overwrite replaces it), so TensorBoard never overlays two runs of one backbone as one.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import torch
 import yaml
 
 import rlvision
+from rlvision.agents.factory import check_hyperparams
 from rlvision.algorithms import ALGORITHMS
 from rlvision.envs import check_env_id
 from rlvision.preprocess import read_preprocess_file
 from rlvision.profiler import PHASES
-from rlvision.runs import RunSpec, check_entry, env_only_sps, parse_backbones, run, run_isolated
+from rlvision.runs import DEFAULT_STEPS, RunSpec, check_entry, env_only_sps, parse_backbones, run, run_isolated
 from rlvision.stats import write_tables
+from rlvision.commands import command_parser
 
 
 def plot_phases(rows: list[dict], path: str, title: str) -> None:
@@ -78,7 +84,7 @@ def spec_of(args: argparse.Namespace, name: str, options: dict, stage: str | Non
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("compare", __doc__)
     parser.add_argument("--env", default="ALE/Pong-v5", help="gymnasium env id (default: ALE/Pong-v5)")
     parser.add_argument("--env-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{size: 48}'")
     parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano_rl",
@@ -92,22 +98,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="comma-separated stages name[:weights] run before each backbone, e.g. "
                              "'bicubic,flexnet_rl:runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt'")
     parser.add_argument("--preprocess-scale", type=int, default=2, help="upscaling of the preprocessing stage")
-    parser.add_argument("--low-res", type=int, default=None, help="shrink observations by this factor")
+    parser.add_argument("--low-res", type=int, default=None,
+                        help="shrink observations by this factor (default: none, full resolution)")
     parser.add_argument("--backend", default="native", choices=["native", "python"],
                         help="Atari: ale-py's C++ vector env (native) or SB3's Python wrappers")
     parser.add_argument("--device", default="auto", help="torch device for the agent (auto: cuda if available)")
     parser.add_argument("--algo", default="ppo", help=f"algorithm: {', '.join(ALGORITHMS)} (default: ppo)")
-    parser.add_argument("--steps", type=int, default=4096, help="env steps per backbone (default: 4096)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="env steps per backbone")
     parser.add_argument("--n-envs", type=int, default=8, help="parallel envs (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     parser.add_argument("--hyperparams", type=yaml.safe_load, default={}, help="YAML dict over agents.DEFAULTS")
     parser.add_argument("--eval-episodes", type=int, default=0, help="episodes of the final (or each) evaluation")
     parser.add_argument("--eval-every", type=int, default=None,
-                        help="also evaluate every so many env steps (a learning curve; needs --eval-episodes)")
+                        help="also evaluate every so many env steps (a learning curve; needs --eval-episodes; "
+                             "default: only the final evaluation)")
     parser.add_argument("--measure-overhead", action="store_true", help="also time training without the profiler")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--logdir", default=None, help="default: runs/compare-<env>-<time>")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier comparison in --logdir (default: refuse a folder that holds one)")
     parser.add_argument("--same-process", dest="process_per_run", action="store_false",
                         help="run every backbone in this process (faster start; peak_memory_mb then includes what "
                              "earlier runs left cached)")
@@ -121,11 +131,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
     if args.eval_every is not None and (args.eval_every < 1 or not args.eval_episodes):
         parser.error("--eval-every must be >= 1 and needs --eval-episodes >= 1")
-    for name, options in backbones:  # unknown names, options and algos fail now, not after an hour of training
+    for name, options in backbones:  # unknown names, options, algos, hyperparameters fail now, not after training
         try:
             check_entry(name, options, args.algo)
+            check_hyperparams(options.get("algo", args.algo), args.hyperparams)
         except ValueError as error:
-            parser.error(f"--backbones / --algo: {error}")
+            parser.error(f"--backbones / --algo / --hyperparams: {error}")
     try:
         check_env_id(args.env)
         for stage in stages:  # damaged weight files fail now, not after the entries before them have trained
@@ -140,6 +151,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     stamp = time.strftime('%m%d-%H%M%S')
     args.logdir = args.logdir or os.path.join("runs", f"compare-{args.env.replace('/', '-')}-{stamp}")
+    if os.path.isdir(args.logdir) and os.listdir(args.logdir):
+        if not args.overwrite:
+            parser.error(f"{args.logdir} already holds a comparison (its runs would be overlaid in TensorBoard): "
+                         f"pass another --logdir, or --overwrite to replace it.")
+        import shutil
+
+        shutil.rmtree(args.logdir)
     os.makedirs(args.logdir, exist_ok=True)
 
     specs = [spec_of(args, name, options, stage) for name, options in backbones for stage in stages]
@@ -171,7 +189,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if curves:
         with open(os.path.join(args.logdir, "curves.json"), "w") as f:
             json.dump(curves, f)
-    print(f"Runs in {args.logdir} (summary.md, summary.csv, phases.png). Compare: tensorboard --logdir {args.logdir}")
+    written = [f for f in ("summary.md", "summary.csv", "phases.png", "curves.json")
+               if os.path.exists(os.path.join(args.logdir, f))]
+    print(f"Runs in {args.logdir} ({', '.join(written) or 'no run finished: no table'}). Compare: tensorboard "
+          f"--logdir {args.logdir}")
     if failure is not None:
         raise failure
     return rows

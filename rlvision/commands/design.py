@@ -16,12 +16,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import torch
 
+from rlvision.commands import command_parser
 from rlvision.design import candidate, design_space, pareto_front, plot_front, proxy_quality
 from rlvision.stats import markdown_table
 
@@ -33,8 +33,7 @@ DEFAULT_PROXY = dict(envs={"SyntheticPixel-v0": dict(steps=6000, eval_every=1500
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="rlvision design", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("design", __doc__)
     parser.add_argument("--blocks", default=None,
                         help="candidate block strings separated by spaces (default: rlvision.design.design_space())")
     parser.add_argument("--norm", default="running_bn", help="the candidates' norm (default running_bn)")

@@ -34,15 +34,16 @@ import time
 import numpy as np
 import yaml
 
-from rlvision.runs import RunSpec, check_entry, parse_backbones, run
+from rlvision.runs import DEFAULT_STEPS, RunSpec, check_entry, parse_backbones, run
 from rlvision.stats import bootstrap_ci, markdown_table, summarize, write_tables
+from rlvision.commands import command_parser
 
 # the checkout holding the package, when it runs from one (shipped to a Ray cluster's workers as working_dir)
 _PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKOUT = _PARENT if os.path.exists(os.path.join(_PARENT, "pyproject.toml")) else None
 
 GRID_KEYS = ("envs", "backbones", "seeds", "algos")
-SETTINGS = dict(steps=20_000, n_envs=8, eval_every=None, eval_episodes=10, cpus=1, gpu=0.0, hyperparams={},
+SETTINGS = dict(steps=DEFAULT_STEPS, n_envs=8, eval_every=None, eval_episodes=10, cpus=1, gpu=0.0, hyperparams={},
                 env_kwargs={}, threshold=None, backend="native", max_failures=2)
 ENV_KEYS = ("steps", "hyperparams", "env_kwargs", "threshold", "n_envs", "eval_every", "eval_episodes")
 
@@ -222,8 +223,9 @@ def resolve(args: argparse.Namespace) -> tuple[list[dict], dict]:
 
 
 def check(trials: list[dict], parser: argparse.ArgumentParser) -> None:
-    """Unknown backbones, options and algos fail now, not inside a Ray worker."""
-    from rlvision.agents.factory import resolve_schedules
+    """Unknown envs, backbones, options, algos and hyperparameters (names and schedule strings) and numbers out of
+    range fail now, before any folder is made or Ray starts, not inside a Ray worker."""
+    from rlvision.agents.factory import check_hyperparams
     from rlvision.envs import check_env_id
 
     for t in trials:
@@ -231,9 +233,11 @@ def check(trials: list[dict], parser: argparse.ArgumentParser) -> None:
         try:
             check_env_id(t["env"])
             check_entry(name, options, t["algo"], allow_algo_option=False)
-            resolve_schedules(t["hyperparams"])  # a malformed "lin_..." fails here, not inside a Ray worker
-            if t["steps"] < 1 or t["n_envs"] < 1 or t["eval_episodes"] < 1 or t["cpus"] < 1 or t["gpu"] < 0:
-                raise ValueError("steps, n_envs, eval_episodes and cpus must be >= 1 and gpu >= 0")
+            check_hyperparams(t["algo"], t["hyperparams"])  # a typo or a malformed "lin_..." fails here
+            for key, minimum in (("steps", 1), ("n_envs", 1), ("eval_episodes", 1), ("cpus", 1), ("gpu", 0)):
+                value = t[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+                    raise ValueError(f"{key} must be a number >= {minimum}, got {value!r} (env {t['env']!r}).")
         except (KeyError, ValueError) as error:
             parser.error(str(error))
 
@@ -288,10 +292,12 @@ def _run_on_ray(trials: list[dict], todo: list[dict], settings: dict, out: str) 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with the grid and settings (the options below override it)")
-    parser.add_argument("--envs", help="comma-separated env ids")
-    parser.add_argument("--backbones", help="comma-separated, each with optional [k=v] options, as in rlvision compare")
+    parser = command_parser("sweep", __doc__)
+    parser.add_argument("--config", help="YAML file with the grid and settings (the options below override it; "
+                                          "default: none, the grid from the options)")
+    parser.add_argument("--envs", help="comma-separated env ids (default: from --config)")
+    parser.add_argument("--backbones", help="comma-separated, each with optional [k=v] options, as in rlvision "
+                                             "compare (default: from --config)")
     parser.add_argument("--seeds", help="comma-separated ints (default 0)")
     parser.add_argument("--algos", help="comma-separated (default ppo)")
     parser.add_argument("--steps", type=int, help=f"env steps per trial (default {SETTINGS['steps']})")
@@ -299,9 +305,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default steps / 10)")
     parser.add_argument("--eval-episodes", type=int,
                         help=f"episodes per evaluation (default {SETTINGS['eval_episodes']})")
-    parser.add_argument("--threshold", type=float, help="return threshold for 'steps to threshold' (every env)")
-    parser.add_argument("--hyperparams", type=yaml.safe_load, help="YAML dict over rlvision.agents.DEFAULTS")
-    parser.add_argument("--env-kwargs", type=yaml.safe_load, help="YAML dict for every env")
+    parser.add_argument("--threshold", type=float,
+                        help="return threshold for 'steps to threshold' (every env; default: none, no such column)")
+    parser.add_argument("--hyperparams", type=yaml.safe_load,
+                        help="YAML dict over rlvision.agents.DEFAULTS (default: {})")
+    parser.add_argument("--env-kwargs", type=yaml.safe_load, help="YAML dict for every env (default: {})")
     parser.add_argument("--cpus", type=int, help="CPUs (= torch threads) per trial (default 1)")
     parser.add_argument("--gpu", type=float, help="GPU fraction per trial, e.g. 0.25 (default 0: CPU)")
     parser.add_argument("--max-failures", type=int, help="retries of a failed trial (default 2)")

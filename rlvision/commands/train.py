@@ -1,9 +1,13 @@
 """Train one agent from a YAML config: env, algo, backbone, hyperparameters, steps, seed.
 
-    rlvision train experiments/configs/ppo_synthetic.yaml
-    rlvision train experiments/configs/ppo_pong.yaml --set backbone=mnv4_conv_small --set steps=200000
-    rlvision train experiments/configs/ppo_pong.yaml --set backbone=mnv4_conv_small --set steps=200000 \
-        --resume   # after an interruption (Ctrl-C, kill -9, a lost machine): continue from the last good checkpoint
+    rlvision train ppo_synthetic                       # a config shipped with rlvision, by name (a few minutes)
+    rlvision train ppo_pong --set backbone=mnv4_conv_small --set steps=200000
+    rlvision train my_run.yaml --resume                # your own file; --resume after an interruption (Ctrl-C,
+                                                       # kill -9, a lost machine): on from the last good checkpoint
+    rlvision train --set env=MiniGrid-DoorKey-5x5-v0   # no config: the defaults below, with your changes
+
+A config is a YAML mapping of the keys below (any left out keep their default); --set KEY=VALUE overrides one
+(the value read as YAML). Without a config the defaults run: PPO with the default encoder on SyntheticPixel-v0.
 
 Writes TensorBoard logs, periodic checkpoints, the final model and an evaluation summary under
 ``<log_dir>/<run_name>/``, with a progress bar while it trains. Checkpoints (``checkpoints/step_<N>/``: model with
@@ -15,7 +19,6 @@ Without ``--resume`` a run directory that has checkpoints is refused rather than
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -32,16 +35,59 @@ from rlvision.agents.checkpoints import (CheckpointEvery, ContinuedLogger, check
 from rlvision.agents.factory import DEFAULTS, check_hyperparams, check_replay_buffer
 from rlvision.envs import check_env_id, make_env
 from rlvision.extractors import DEFAULT_BACKBONE
-from rlvision.runs import check_entry
+from rlvision.model_files import UntrustedModelError
+from rlvision.model_files import save as save_model
+from rlvision.runs import DEFAULT_STEPS, check_entry
+from rlvision.commands import command_parser
 
 DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
                       backbone=DEFAULT_BACKBONE, backbone_kwargs={}, features_dim=256, hyperparams={},
-                      steps=50_000, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train",
+                      steps=DEFAULT_STEPS, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train",
                       run_name=None, threads=None, device="auto", normalize_reward=False, export=None)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
 RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name",
                      "export")
 EXPORT_FORMATS = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
+# what each key of a config means (train --help lists them with their defaults)
+CONFIG_HELP = dict(
+    env="a gymnasium id (rlvision.envs: Atari, MiniGrid, the synthetic envs, ...)",
+    env_kwargs="keyword arguments of the env (a mapping)", n_envs="parallel envs",
+    frame_stack="frames stacked as channels (null: the env family's default)",
+    algo="ppo, a2c, dqn, sac, td3, or sb3-contrib's (rlvision.algorithms)",
+    backbone="the encoder (rlvision.list_backbones(); the default encoder: rlvision.DEFAULT_BACKBONE)",
+    backbone_kwargs="the encoder's options, e.g. {norm: gn} (a mapping)", features_dim="size of the features",
+    hyperparams="over rlvision.agents.DEFAULTS[algo] (a mapping)", steps="env steps to train", seed="seed",
+    eval_episodes="episodes of the final evaluation (0: none)", checkpoint_every="env steps between checkpoints",
+    log_dir="folder of the runs", run_name="the run's folder name (null: algo_backbone_env_s<seed>)",
+    threads="torch threads (null: torch's choice)", device="auto, cpu or cuda",
+    normalize_reward="VecNormalize the rewards",
+    export="onnx or torchscript: the policy as a file at the end (null: no)")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the example configs that ship with rlvision (``rlvision train NAME``)."""
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+
+
+def config_path(name: str) -> str:
+    """A config file: ``name`` as a path, or the shipped config of that name (``ppo_synthetic``)."""
+    if os.path.isfile(name):
+        return name
+    shipped = os.path.join(CONFIG_DIR, name if name.endswith(".yaml") else name + ".yaml")
+    if os.path.isfile(shipped):
+        return shipped
+    raise FileNotFoundError(f"no config file {name!r}, and rlvision ships none of that name; pass a YAML file's path "
+                            f"or one of {', '.join(shipped_configs())}.")
+
+
+def keys_help() -> str:
+    """The config keys with their meaning and default, for --help."""
+    width = max(map(len, DEFAULT_CONFIG))
+    lines = [f"  {key:<{width}}  {CONFIG_HELP[key]} (default: {json.dumps(value)})"
+             for key, value in DEFAULT_CONFIG.items()]
+    return ("config keys:\n" + "\n".join(lines) + "\n\nshipped configs (rlvision train NAME): "
+            + ", ".join(shipped_configs()))
 
 
 def segment_name(run_dir: str, step: int) -> str:
@@ -73,44 +119,56 @@ def _with_matches(keys) -> list[str]:
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict:
-    """The YAML file over DEFAULT_CONFIG, then ``key=value`` overrides (values parsed as YAML)."""
+    """The YAML file (a path, or the name of a shipped config) over DEFAULT_CONFIG, then ``key=value`` overrides
+    (values parsed as YAML). A ValueError names an unknown key (with the closest known one) or a value of the wrong
+    kind."""
     config = dict(DEFAULT_CONFIG)
     if path:
+        path = config_path(path)
         with open(path) as f:
             loaded = yaml.safe_load(f) or {}
         unknown = set(loaded) - set(DEFAULT_CONFIG)
         if unknown:
-            raise SystemExit(f"Unknown config keys {_with_matches(unknown)} in {path}; known: {sorted(DEFAULT_CONFIG)}")
+            raise ValueError(f"Unknown config keys {_with_matches(unknown)} in {path}; known: {sorted(DEFAULT_CONFIG)}")
         config.update(loaded)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key not in DEFAULT_CONFIG:
-            raise SystemExit(f"--set wants key=value with key in {sorted(DEFAULT_CONFIG)}, got {item!r}"
+            raise ValueError(f"--set wants key=value with key in {sorted(DEFAULT_CONFIG)}, got {item!r}"
                              + (f" ({_with_matches([key])[0]})" if sep else ""))
         config[key] = yaml.safe_load(value)
     for key, minimum in (("steps", 1), ("n_envs", 1), ("checkpoint_every", 1), ("eval_episodes", 0),
                          ("features_dim", 1)):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise SystemExit(f"Config key {key!r} must be an int >= {minimum}, got {value!r}.")
+            raise ValueError(f"Config key {key!r} must be an int >= {minimum}, got {value!r}.")
     if config["export"] is not None and config["export"] not in EXPORT_FORMATS:
-        raise SystemExit(f"Config key 'export' must be one of {sorted(EXPORT_FORMATS)} or null, got "
+        raise ValueError(f"Config key 'export' must be one of {sorted(EXPORT_FORMATS)} or null, got "
                          f"{config['export']!r}.")
     for key in ("env_kwargs", "backbone_kwargs", "hyperparams"):
         if not isinstance(config[key], dict):
-            raise SystemExit(f"Config key {key!r} must be a mapping (YAML dict), got {config[key]!r}.")
+            raise ValueError(f"Config key {key!r} must be a mapping (YAML dict), got {config[key]!r}.")
     return config
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", help="YAML config (see experiments/configs/)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser = command_parser("train", __doc__)
+    parser.epilog = keys_help()
+    parser.add_argument("config", nargs="?",
+                        help="a YAML file, or the name of a shipped config (default: none, the keys' defaults)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set steps=100000 (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--resume", action="store_true",
                         help="continue the newest complete checkpoint of this run (same config)")
+    parser.add_argument("--trust-file", action="store_true",
+                        help="with --resume: open a checkpoint that needs unpickling (runs code from the file; only "
+                             "for files you trust; rlvision's own checkpoints never need it)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    try:
+        cfg = load_config(args.config, args.set)
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as error:  # one status and prefix for every user error
+        parser.error(str(error))
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
 
@@ -141,12 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
             return finished
     checkpoint = latest_checkpoint(checkpoint_dir, digest) if args.resume else None
     if args.resume and checkpoint is None:
-        raise SystemExit(f"--resume: no complete checkpoint of this config in {checkpoint_dir}; run without --resume "
-                         f"(and another run_name) to start afresh.")
+        parser.error(f"--resume: no complete checkpoint of this config in {checkpoint_dir}; run without --resume "
+                     f"(and another run_name) to start afresh.")
     if not args.resume and os.path.isdir(checkpoint_dir) and any(d.startswith("step_")
                                                                  for d in os.listdir(checkpoint_dir)):
-        raise SystemExit(f"{run_dir} already has checkpoints: pass --resume to continue that run, or set another "
-                         f"run_name (--set run_name=...) to start a new one.")
+        parser.error(f"{run_dir} already has checkpoints: pass --resume to continue that run, or set another "
+                     f"run_name (--set run_name=...) to start a new one.")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(cfg, f)
@@ -168,7 +226,11 @@ def main(argv: list[str] | None = None) -> dict:
         params = {**DEFAULTS[cfg["algo"]], **cfg["hyperparams"]}
         if "buffer_size" in params:
             check_replay_buffer(cfg["algo"], env, params, 0.8)
-        model = load_checkpoint(checkpoint, cfg["algo"], env, device=cfg["device"])
+        try:
+            model = load_checkpoint(checkpoint, cfg["algo"], env, device=cfg["device"], trust=args.trust_file)
+        except UntrustedModelError as error:
+            parser.error(str(error).replace("trust=True) (the command line: --trust-file)", "trust=True): pass "
+                                            "--trust-file"))
         print(f"Resuming {run_dir} from {checkpoint} (step {model.num_timesteps:,}).")
     if new_segment(run_dir, model.num_timesteps) and checkpoint is None:
         print(f"{run_dir}: an earlier attempt left no checkpoint; its TensorBoard points were dropped (its CSV "
@@ -192,8 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("Interrupted: saving a checkpoint (continue with --resume) and evaluating what was trained so far.")
         save_checkpoint(model, checkpoint_dir, digest, elapsed_before=elapsed_before)
     elapsed = time.perf_counter() - start
-    model.save(os.path.join(run_dir, "model.tmp.zip"))
-    os.replace(os.path.join(run_dir, "model.tmp.zip"), os.path.join(run_dir, "model.zip"))
+    save_model(model, os.path.join(run_dir, "model.zip"))  # atomically, with the manifest that opens it safely
 
     if cfg["export"]:  # the policy as one file, checked against the model (rlvision.export)
         from rlvision.export import export_policy

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 import rlvision
 from rlvision.envs import make_env
 from rlvision.sr.metrics import edge_weighted_l1, psnr, ssim
+from rlvision.commands import command_parser
 
 MODES = ("bilinear", "bicubic", "area")
 
@@ -92,7 +92,7 @@ def image_grid(stage, frames: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("train-sr", __doc__)
     parser.add_argument("--env", default="ALE/Pong-v5", help='env whose frames train the stage (default ALE/Pong-v5)')
     parser.add_argument("--env-kwargs", type=yaml.safe_load, default={},
                         help="YAML dict for the env, e.g. '{size: 84}'")

@@ -17,6 +17,7 @@ import json
 import numbers
 import os
 import shutil
+import signal
 import time
 from typing import Any
 
@@ -66,6 +67,22 @@ def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, ke
     final = os.path.join(directory, f"step_{step:012d}")
     tmp = os.path.join(directory, f".tmp-step_{step:012d}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_checkpoint(model, tmp, step, config_digest, elapsed)
+    except OSError as error:  # a full disk, a folder made read-only: nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(error.errno, f"could not write the checkpoint at step {step:,} in {directory} "
+                                                f"({error.strerror or error})") from error
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(d for d in os.listdir(directory) if d.startswith("step_"))[:-keep]:
+        shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(model: BaseAlgorithm, tmp: str, step: int, config_digest: str, elapsed: float) -> None:
+    """The files of a checkpoint, in the temporary folder ``tmp``."""
     os.makedirs(tmp)
     save_model(model, os.path.join(tmp, "model.zip"))  # with its manifest: it opens without unpickling
     if isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
@@ -80,12 +97,6 @@ def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, ke
                        time_elapsed=round(elapsed, 3), pending_logs=_pending_logs(model)), f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(d for d in os.listdir(directory) if d.startswith("step_"))[:-keep]:
-        shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
-    return final
 
 
 def check_checkpoint(path: str, config_digest: str) -> str | None:
@@ -279,6 +290,109 @@ class CheckpointEvery(BaseCallback):
     def _on_training_end(self) -> None:
         if self.num_timesteps != self._saved_at:
             self._save()
+
+
+class NonFiniteError(Exception):
+    """An update left a NaN or inf in the parameters or the logged losses."""
+
+
+class StopOnNonFinite(BaseCallback):
+    """Stop at the first update that produces a NaN or inf: after each update (at the start of the next rollout,
+    before :class:`CheckpointEvery` runs, so a broken state is never checkpointed) the policy's parameters and the
+    ``train/*`` values the update logged are checked; :class:`NonFiniteError` names the update, the step and what
+    went non-finite."""
+
+    def _check(self) -> None:
+        import torch
+
+        model = self.model
+        logged = getattr(getattr(model, "_logger", None), "name_to_value", {})
+        bad = [k for k, v in logged.items() if k.startswith("train/") and isinstance(v, numbers.Real)
+               and not isinstance(v, bool) and not np.isfinite(v)]
+        with torch.no_grad():
+            bad += [f"parameter {name}" for name, p in model.policy.named_parameters()
+                    if not bool(torch.isfinite(p).all())]
+        if bad:
+            updates = getattr(model, "_n_updates", "?")
+            raise NonFiniteError(f"update {updates} (by step {model.num_timesteps:,}) made {', '.join(bad[:4])}"
+                                 f"{' and more' if len(bad) > 4 else ''} NaN or inf")
+
+    def _on_rollout_start(self) -> None:
+        self._check()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        self._check()
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a folder that is not writable); nothing of it is left."""
+
+
+class PreemptedError(Exception):
+    """A SIGTERM or SIGINT stopped the run; ``checkpoint``: the one written on the way out (None: outside training,
+    the last periodic one holds the run)."""
+
+    def __init__(self, signum: int, checkpoint: str | None):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+class StopOnSignal(BaseCallback):
+    """SIGTERM (what SLURM, Kubernetes, spot instances and Ray send before a kill) and SIGINT (Ctrl-C) end a run at
+    the next consistent point: at the start of the next rollout (the last update done, so weights, optimizer state,
+    step count and logs agree, as at a periodic checkpoint) a checkpoint is written atomically and
+    :class:`PreemptedError` is raised out of ``learn``. A second SIGINT interrupts at once (KeyboardInterrupt).
+
+    Used as a context manager it installs the handlers (in the main thread) and restores the previous ones on exit;
+    outside ``learn`` (saving, the final evaluation) a signal raises :class:`PreemptedError` right away."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpoints: CheckpointEvery):
+        super().__init__()
+        self.checkpoints = checkpoints
+        self.signum: int | None = None
+        self.training = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: now
+        self.signum = signum
+        if not self.training:
+            raise PreemptedError(signum, None)
+
+    def _on_training_start(self) -> None:
+        self.training = True
+
+    def _on_rollout_start(self) -> None:
+        if self.signum is not None:
+            if self.checkpoints._saved_at != self.num_timesteps:
+                self.checkpoints._save()
+            self.training = False
+            raise PreemptedError(self.signum, self.checkpoints.last)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        self.training = False
 
 
 def truncate_tensorboard(run_dir: str, step: int) -> int:

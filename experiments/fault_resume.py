@@ -1,12 +1,17 @@
-"""Kill `rlvision train` at random points, resume it each time, and check that nothing was lost or logged twice.
+"""Kill or preempt `rlvision train` at random points, resume it each time, and check that nothing was lost or
+logged twice.
 
     python experiments/fault_resume.py --schedules 20 --seed 0            # 20 random kill schedules (~10 minutes)
+    python experiments/fault_resume.py --schedules 20 --modes sigterm,sigint   # preemption signals only
     python experiments/fault_resume.py --kills "checkpoint,time;evaluation"  # these schedules (tests/test_resume.py)
 
 A schedule is a list of kills; each kill is one of
 - ``time``: SIGKILL after a random fraction of an uninterrupted run's duration (start-up included),
 - ``checkpoint``: SIGKILL while a checkpoint is being written (its temporary folder exists),
-- ``evaluation``: SIGKILL during the final evaluation (the final model is written, results.json is not).
+- ``evaluation``: SIGKILL during the final evaluation (the final model is written, results.json is not),
+- ``sigterm`` / ``sigint``: the signal (a scheduler's preemption, Ctrl-C) at a random time; the run must stop by
+  itself within 120 s with status 128 + the signal's number and a message naming --resume (or finish, if the
+  signal came too late), having written its checkpoint atomically.
 After each kill the run goes on with ``--resume`` (or afresh, when no checkpoint was complete yet), as a user would;
 the last attempt runs to the end. The result is compared with an uninterrupted run of the same config:
 - every env step the uninterrupted run logged to CSV is in some kept CSV segment, with the same ``time/iterations``;
@@ -35,7 +40,8 @@ STEPS = 640  # 10 rollouts of 2 envs x 32 steps
 CONFIG = dict(env="SyntheticPixel-v0", env_kwargs="{size: 36, grid: 3}", n_envs=2, algo="ppo", backbone="nature_cnn",
               steps=STEPS, checkpoint_every=64, eval_episodes=3, run_name="r",
               hyperparams="{n_steps: 32, batch_size: 32, n_epochs: 1}")
-MODES = ("time", "checkpoint", "evaluation")
+MODES = ("time", "checkpoint", "evaluation", "sigterm", "sigint")
+SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
 
 
 def command(log_dir: str, resume: bool) -> list[str]:
@@ -49,11 +55,12 @@ def attempt(log_dir: str, kill: str | None, duration: float, rng: random.Random)
     resume = bool(glob.glob(os.path.join(run_dir, "checkpoints", "step_*")))
     left_over = set(glob.glob(os.path.join(run_dir, "checkpoints", ".tmp-step_*")))  # by an earlier kill
     proc = subprocess.Popen(command(log_dir, resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + (rng.uniform(0.3, 1.0) * duration if kill == "time" else 600)
+    timed = kill in ("time", *SIGNALS)
+    deadline = time.time() + (rng.uniform(0.3, 1.0) * duration if timed else 600)
     skip = rng.randint(0, 3)  # "checkpoint": let a few writes pass first
     seen: set[str] = set()
     while proc.poll() is None:
-        if kill == "time" and time.time() >= deadline:
+        if timed and time.time() >= deadline:
             break
         if kill == "checkpoint":
             writing = set(glob.glob(os.path.join(run_dir, "checkpoints", ".tmp-step_*"))) - left_over
@@ -69,6 +76,23 @@ def attempt(log_dir: str, kill: str | None, duration: float, rng: random.Random)
         if proc.returncode != 0:
             raise RuntimeError(f"rlvision train failed:\n{proc.stderr.read()[-3000:]}")
         return "finished"
+    if kill in SIGNALS:  # a preemption: the run must stop by itself, its checkpoint written
+        signum = SIGNALS[kill]
+        proc.send_signal(signum)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError(f"{kill}: the run did not stop within 120 s") from None
+        if proc.returncode == 0:
+            return f"{kill}: finished first"
+        if proc.returncode == -signum or proc.returncode == 1 and "KeyboardInterrupt" in err:
+            return f"{kill}: before training (Python's default handler)"
+        if proc.returncode != 128 + signum or "--resume" not in err:
+            raise RuntimeError(f"{kill}: exit status {proc.returncode}, stderr:\n{err[-2000:]}")
+        if set(glob.glob(os.path.join(run_dir, "checkpoints", ".tmp-step_*"))) - left_over:
+            raise RuntimeError(f"{kill}: a temporary checkpoint folder was left behind")
+        return f"{kill}: stopped with a checkpoint"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if set(glob.glob(os.path.join(run_dir, "checkpoints", ".tmp-step_*"))) - left_over:
@@ -129,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedules", type=int, default=20, help="random kill schedules to run (default 20)")
     parser.add_argument("--kills", help='explicit schedules instead: "checkpoint,time;evaluation" (kinds: '
                                         f'{", ".join(MODES)}; schedules separated by ";")')
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"kinds the random schedules draw from (default {','.join(MODES)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random schedules and kill times")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -139,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown kill kinds {sorted(unknown)}; use {', '.join(MODES)}")
     else:
-        schedules = [[rng.choice(MODES) for _ in range(rng.randint(1, 4))] for _ in range(args.schedules)]
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        if not modes or set(modes) - set(MODES):
+            parser.error(f"--modes: choose among {', '.join(MODES)}")
+        schedules = [[rng.choice(modes) for _ in range(rng.randint(1, 4))] for _ in range(args.schedules)]
 
     with tempfile.TemporaryDirectory(prefix="fault-resume-") as work:
         start = time.time()

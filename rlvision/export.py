@@ -300,12 +300,31 @@ class ExportReport:
                 f"actions equal: {self.action_agreement:.1%}")
 
 
+def file_output_names(path: str, fmt: str) -> list[str] | None:
+    """The output names an exported file declares (ONNX: its graph; ExecuTorch: its names file; TorchScript: the
+    names rlvision stores inside it), or None (a TorchScript file written before that)."""
+    import json
+
+    if fmt == "onnx":
+        return [o.name for o in OnnxPolicy._session(path).get_outputs()]
+    if fmt == "executorch":
+        with open(path + ".json") as f:
+            return list(json.load(f)["outputs"])
+    extra = {"outputs.json": ""}
+    torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    return json.loads(extra["outputs.json"]) if extra["outputs.json"] else None
+
+
 def verify(model, path: str, format: str | None = None, n_check: int = 32, obs_from: str | None = None,
-           with_value: bool = False, atol: float = 1e-4, logits: bool = False) -> ExportReport:
+           with_value: bool | None = None, atol: float = 1e-4, logits: bool = False) -> ExportReport:
     """Run the exported file on ``n_check`` observations and compare with the SB3 model (see the module doc).
+    ``with_value``: also compare the critic's value; None (default): when the file has a value output.
     Raises :class:`ExportMismatchError` with the numbers when an action differs (continuous actions: by more than
     ``atol``) or the value by more than ``atol`` (relative to its scale)."""
     fmt = format or _format_of(path)
+    if with_value is None:
+        names = file_output_names(path, fmt)
+        with_value = bool(names) and "value" in names
     graph = _PolicyGraph(model, with_value, logits)
     inputs = _sample_inputs(model, n_check, obs_from)
     outputs = _run_file(path, fmt, inputs, graph)
@@ -374,7 +393,10 @@ def export_policy(model, path: str, format: str = "onnx", batch: int | None = No
                 elif format == "executorch":
                     _executorch_export(graph, example, tmp, batch, backend)
                 else:
-                    torch.jit.save(torch.jit.trace(graph, tuple(example), check_trace=False), tmp)
+                    import json
+
+                    torch.jit.save(torch.jit.trace(graph, tuple(example), check_trace=False), tmp,  # names inside
+                                   _extra_files={"outputs.json": json.dumps(graph.output_names())})
             report = None
             if check:
                 try:
@@ -652,7 +674,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{zip_path}: cannot load it as {algo} ({error}); pass the right --algo.")
     try:
         if args.check_only:
-            print(verify(model, args.model, None, args.n_check, args.obs_from, args.with_value, logits=args.logits))
+            # the value too when the file has one (--with-value insists on it)
+            print(verify(model, args.model, None, args.n_check, args.obs_from, args.with_value or None,
+                         logits=args.logits))
             return
         out = args.out or os.path.splitext(zip_path)[0] + EXTENSIONS[args.format]
         export_policy(model, out, args.format, args.batch, args.opset, args.with_value, args.logits,

@@ -156,7 +156,12 @@ def test_command_exports_and_rechecks(tmp_path, capsys):
     assert (tmp_path / "ppo_run.pt").is_file()
     assert "actions equal: 100.0%" in capsys.readouterr().out
     cli(["export", str(tmp_path / "ppo_run.pt"), "--check-only", "--zip", str(tmp_path / "ppo_run.zip")])
-    assert "actions equal: 100.0%" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the file has a value output: --check-only checks it too (issue 34 item 3)
+    assert "actions equal: 100.0%" in out and "value" in out
+    cli(["export", str(tmp_path / "ppo_run.zip"), "--format", "torchscript", "--out", str(tmp_path / "a.pt")])
+    capsys.readouterr()
+    cli(["export", str(tmp_path / "a.pt"), "--check-only", "--zip", str(tmp_path / "ppo_run.zip")])
+    assert "value" not in capsys.readouterr().out  # a file without one: the action only
     with pytest.raises(SystemExit) as error:
         cli(["export", str(tmp_path / "missing.zip")])
     assert error.value.code == 2

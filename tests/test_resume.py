@@ -239,3 +239,40 @@ def test_an_attempt_that_died_before_its_first_checkpoint_is_not_logged_twice(tm
     counts = step_counts(run_dir)
     assert counts == {64: 1, 128: 1}
     assert (run_dir / "progress-until-0.csv").stat().st_size > 0  # the first attempt's rows are kept
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_preempted_run_checkpoints_exits_and_resumes_without_a_gap(tmp_path, signum, capsys):
+    """Issue 34 item 2: SIGTERM (a scheduler's preemption) or Ctrl-C during training: a checkpoint at the next rollout
+    start, exit status 128 + the signal, the command that resumes it; the resumed run logs each step once."""
+    import threading
+
+    checkpoints = tmp_path / "runs" / "r" / "checkpoints"
+    done = threading.Event()  # the run ended: no signal after that (a stray SIGINT would stop pytest itself)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    def preempt():
+        deadline = time.time() + 120
+        while time.time() < deadline and not done.is_set() and not list(checkpoints.glob("step_*")):
+            time.sleep(0.05)
+        if not done.is_set():
+            os.kill(os.getpid(), signum)
+
+    thread = threading.Thread(target=preempt, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            train.main(settings(tmp_path, steps=100_000))
+    finally:
+        done.set()
+        thread.join()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 128 + signum and signal.Signals(signum).name in err
+    assert "--resume" in err and "rlvision train" in err
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers put back
+    stopped = max(int(p.name.split("_")[1]) for p in checkpoints.glob("step_*"))
+    assert stopped % 64 == 0 and not list(checkpoints.glob(".tmp-*"))  # at a rollout boundary, written whole
+    assert not (tmp_path / "runs" / "r" / "results.json").exists()
+    result = train.main(settings(tmp_path, steps=stopped + 64) + ["--resume"])
+    assert result["resumed_from"] == stopped and result["steps"] == stopped + 64
+    assert set(step_counts(tmp_path / "runs" / "r").values()) == {1}  # every step logged once

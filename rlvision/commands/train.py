@@ -12,25 +12,34 @@ A config is a YAML mapping of the keys below (any left out keep their default); 
 Writes TensorBoard logs, periodic checkpoints, the final model and an evaluation summary under
 ``<log_dir>/<run_name>/``, with a progress bar while it trains. Checkpoints (``checkpoints/step_<N>/``: model with
 optimizer state and step count, the replay buffer of off-policy algorithms, VecNormalize statistics) are written
-atomically every ``checkpoint_every`` steps and on Ctrl-C; ``--resume`` continues the newest complete one of the
-same config (a truncated one, or one of another config, is skipped with a message), in the same TensorBoard run.
-Without ``--resume`` a run directory that has checkpoints is refused rather than overwritten.
+atomically every ``checkpoint_every`` steps; ``--resume`` continues the newest complete one of the same config (a
+truncated one, or one of another config, is skipped with a message), in the same TensorBoard run. Without
+``--resume`` a run directory that has checkpoints is refused rather than overwritten.
+
+Preemption: SIGTERM (what SLURM, Kubernetes, spot instances and Ray send before a kill) or Ctrl-C (SIGINT) stops the
+run at the start of the next rollout, after the last update, with a checkpoint written there; it exits with status
+128 + the signal's number and prints the command that resumes it. Ctrl-C twice stops at once (a checkpoint of the
+state it stopped in).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
+import sys
 import time
 
 import torch
 import yaml
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecCheckNan, VecNormalize
 from stable_baselines3.common.logger import configure as configure_logger
 
 from rlvision.agents import evaluate_agent, make_agent
 from rlvision.diagnostics import EncoderDiagnostics
-from rlvision.agents.checkpoints import (CheckpointEvery, ContinuedLogger, checkpoint_meta, config_hash,
+from rlvision.agents.checkpoints import (CheckpointEvery, ContinuedLogger, NonFiniteError, PreemptedError,
+                                         StopOnNonFinite, StopOnSignal, checkpoint_meta, config_hash,
                                          latest_checkpoint, load_checkpoint, save_checkpoint, truncate_tensorboard)
 from rlvision.agents.factory import DEFAULTS, check_hyperparams, check_replay_buffer
 from rlvision.envs import check_env_id, make_env
@@ -43,10 +52,11 @@ from rlvision.commands import command_parser
 DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
                       backbone=DEFAULT_BACKBONE, backbone_kwargs={}, features_dim=256, hyperparams={},
                       steps=DEFAULT_STEPS, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train",
-                      run_name=None, threads=None, device="auto", normalize_reward=False, export=None)
+                      run_name=None, threads=None, device="auto", normalize_reward=False, export=None,
+                      check_nan=False)
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
 RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name",
-                     "export")
+                     "export", "check_nan")
 EXPORT_FORMATS = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 # what each key of a config means (train --help lists them with their defaults)
 CONFIG_HELP = dict(
@@ -61,7 +71,8 @@ CONFIG_HELP = dict(
     log_dir="folder of the runs", run_name="the run's folder name (null: algo_backbone_env_s<seed>)",
     threads="torch threads (null: torch's choice)", device="auto, cpu or cuda",
     normalize_reward="VecNormalize the rewards",
-    export="onnx or torchscript: the policy as a file at the end (null: no)")
+    export="onnx or torchscript: the policy as a file at the end (null: no)",
+    check_nan="wrap the env in SB3's VecCheckNan: stop at the first NaN or inf observation, reward or action")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -205,15 +216,22 @@ def main(argv: list[str] | None = None) -> dict:
                                                                  for d in os.listdir(checkpoint_dir)):
         parser.error(f"{run_dir} already has checkpoints: pass --resume to continue that run, or set another "
                      f"run_name (--set run_name=...) to start a new one.")
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(cfg, f)
+    try:  # a folder that cannot be written (read-only, a file in the way, a full disk): said now, not mid-run
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.yaml.tmp"), "w") as f:
+            yaml.safe_dump(cfg, f)
+        os.replace(os.path.join(run_dir, "config.yaml.tmp"), os.path.join(run_dir, "config.yaml"))
+    except OSError as error:
+        parser.error(f"cannot write the run folder {run_dir} ({error.strerror or error}); pass a writable log_dir "
+                     f"(--set log_dir=...).")
 
     # 1. Environments: training copies and one separate evaluation copy.
     env = make_env(cfg["env"], n_envs=cfg["n_envs"], seed=cfg["seed"], frame_stack=cfg["frame_stack"],
                    env_kwargs=cfg["env_kwargs"])
     eval_env = make_env(cfg["env"], n_envs=1, seed=cfg["seed"] + 10_000, frame_stack=cfg["frame_stack"],
                         env_kwargs=cfg["env_kwargs"])
+    if cfg["check_nan"]:
+        env = VecCheckNan(env, raise_exception=True)
     if cfg["normalize_reward"]:
         env = VecNormalize(env, norm_obs=False, norm_reward=True)
 
@@ -247,31 +265,62 @@ def main(argv: list[str] | None = None) -> dict:
     elapsed_before = float(checkpoint_meta(checkpoint).get("time_elapsed", 0.0)) if checkpoint else 0.0
     checkpoints = CheckpointEvery(cfg["checkpoint_every"], checkpoint_dir, digest, elapsed_before=elapsed_before)
     start, first_step = time.perf_counter(), model.num_timesteps
-    try:  # on resume: the remaining steps, in the same TensorBoard run, with the step count and schedules going on
-        model.learn(max(cfg["steps"] - model.num_timesteps, 0), callback=[checkpoints, EncoderDiagnostics()],
-                    progress_bar=not args.no_progress, reset_num_timesteps=checkpoint is None)
-    except KeyboardInterrupt:
-        print("Interrupted: saving a checkpoint (continue with --resume) and evaluating what was trained so far.")
-        save_checkpoint(model, checkpoint_dir, digest, elapsed_before=elapsed_before)
-    elapsed = time.perf_counter() - start
-    save_model(model, os.path.join(run_dir, "model.zip"))  # atomically, with the manifest that opens it safely
+    stop = StopOnSignal(checkpoints)  # SIGTERM / SIGINT: a checkpoint at the next rollout start, then exit
+    resume_command = "rlvision train " + " ".join(shlex.quote(a) for a in (argv if argv is not None
+                                                                           else sys.argv[1:]) if a != "--resume")
+    try:
+        with stop:
+            try:  # on resume: the remaining steps, in the same TensorBoard run, with the step count and schedules
+                model.learn(max(cfg["steps"] - model.num_timesteps, 0), progress_bar=not args.no_progress,
+                            callback=[StopOnNonFinite(), checkpoints, stop, EncoderDiagnostics()],
+                            reset_num_timesteps=checkpoint is None)
+            except KeyboardInterrupt:  # Ctrl-C twice: at once, wherever it was
+                saved = save_checkpoint(model, checkpoint_dir, digest, elapsed_before=elapsed_before)
+                raise PreemptedError(signal.SIGINT, saved) from None
+            finally:
+                stop.training = False
+            result = finish(model, cfg, run_dir, eval_env, start, first_step, resumed_from)
+    except (NonFiniteError, OSError) as error:  # NaN/inf, a full disk or a folder that became unwritable
+        last = latest_checkpoint(checkpoint_dir, digest, log=lambda *_: None)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was complete"
+        fix = ("lower the learning rate (or clip rewards) and start again from it" if isinstance(error, NonFiniteError)
+               else "free space (or make the folder writable) and continue")
+        print(f"rlvision train: error: {error}; {kept}: {fix} with:\n    {resume_command} --resume",
+              file=sys.stderr, flush=True)
+        env.close()
+        eval_env.close()
+        raise SystemExit(1) from None
+    except PreemptedError as error:
+        where = f"checkpoint {error.checkpoint}" if error.checkpoint else "the last checkpoint"
+        print(f"rlvision train: {signal.Signals(error.signum).name}: stopped at step {model.num_timesteps:,}; "
+              f"{where} holds the run. Continue it with:\n    {resume_command} --resume", file=sys.stderr, flush=True)
+        env.close()
+        eval_env.close()
+        raise SystemExit(128 + error.signum) from None
+    print(f"TensorBoard: tensorboard --logdir {cfg['log_dir']}")
+    env.close()
+    eval_env.close()
+    return result
 
+
+def finish(model, cfg: dict, run_dir: str, eval_env, start: float, first_step: int, resumed_from) -> dict:
+    """The end of a run: the final model (atomically, with its manifest), the export, the evaluation, results.json
+    (atomically: a run that has one is finished)."""
+    elapsed = time.perf_counter() - start
+    save_model(model, os.path.join(run_dir, "model.zip"))
     if cfg["export"]:  # the policy as one file, checked against the model (rlvision.export)
         from rlvision.export import export_policy
 
         export_policy(model, os.path.join(run_dir, EXPORT_FORMATS[cfg["export"]]), format=cfg["export"])
-
-    # 4. Final evaluation on the separate env.
     result = dict(run_dir=run_dir, steps=int(model.num_timesteps), seconds=round(elapsed, 1),
                   fps=round((model.num_timesteps - first_step) / max(elapsed, 1e-9), 1), resumed_from=resumed_from)
-    if cfg["eval_episodes"]:
+    if cfg["eval_episodes"]:  # on the separate evaluation env
         result.update(evaluate_agent(model, eval_env, cfg["eval_episodes"]))
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
+    path = os.path.join(run_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
     print(json.dumps(result, indent=2))
-    print(f"TensorBoard: tensorboard --logdir {cfg['log_dir']}")
-    env.close()
-    eval_env.close()
     return result
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("bn", "frozen_bn", "running_bn", "brn", "gn", "ln", "none")
+NORMS = ("bn", "frozen_bn", "running_bn", "phase_bn", "brn", "gn", "ln", "none")
 ACTS = ("relu", "silu", "gelu", "mish", "none")
 
 
@@ -55,6 +55,50 @@ class RunningBatchNorm2d(nn.BatchNorm2d):
         return out
 
 
+class PhaseBatchNorm2d(RunningBatchNorm2d):
+    """:class:`RunningBatchNorm2d` whose statistics move once per training phase instead of at every minibatch.
+
+    A phase starts when the module is switched to train mode (SB3 does it once per update: after each rollout in
+    PPO). The phase's first train-mode forward normalises with the statistics the rollout used and moves them
+    towards that minibatch's (a sample of the rollout just collected); every later forward of the phase normalises
+    with those fixed statistics, so conv -> norm runs as one conv with folded weights there (:class:`ConvNormAct`).
+    The step per phase is as far as ``k`` per-minibatch updates of running_bn would go, ``1 - (1 - momentum)^k``,
+    ``k`` the train-mode forwards of the phase before (the first update takes the minibatch's statistics as they
+    are). Acting = learning holds within a phase; state dict and eval behaviour are BatchNorm2d's.
+    (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self._pending = False  # a phase has started and its first forward has not moved the statistics yet
+        self._forwards = 0  # train-mode forwards in the current phase
+        self._last_phase = 0  # ... and in the phase before
+
+    def train(self, mode: bool = True) -> PhaseBatchNorm2d:
+        if mode and not self.training:  # a new phase
+            self._pending, self._last_phase, self._forwards = True, self._forwards, 0
+        return super().train(mode)
+
+    def fixed_statistics(self) -> bool:
+        """Whether the next forward normalises with statistics it does not move (then it folds into its conv)."""
+        return not (self.training and self.track_running_stats and self._pending)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self._forwards += 1
+        if self.fixed_statistics():
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        self._pending = False
+        mean, var = self.running_mean.clone(), self.running_var.clone()
+        out = F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+        with torch.no_grad():
+            k = self._last_phase
+            momentum = 1.0 - (1.0 - self.momentum) ** k if k else 1.0
+            F.batch_norm(x.detach(), self.running_mean, self.running_var, None, None, True, momentum, self.eps)
+            self.num_batches_tracked.add_(1)
+        return out
+
+
 class BatchRenorm2d(nn.BatchNorm2d):
     """Batch Renormalization (Ioffe 2017): in train mode ``(x - mu_B) / sigma_B * r + d`` with the stop-gradient
     corrections ``r = sigma_B / sigma`` clipped to [1/r_max, r_max] and ``d = (mu_B - mu) / sigma`` clipped to
@@ -95,7 +139,8 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     """Normalisation over a (B, C, H, W) map.
 
     ``bn`` BatchNorm2d (batch statistics in train mode, running ones in eval mode), ``frozen_bn``
-    :class:`FrozenBatchNorm2d`, ``running_bn`` :class:`RunningBatchNorm2d`, ``brn`` :class:`BatchRenorm2d`,
+    :class:`FrozenBatchNorm2d`, ``running_bn`` :class:`RunningBatchNorm2d`, ``phase_bn`` :class:`PhaseBatchNorm2d`
+    (running_bn's statistics moved once per training phase), ``brn`` :class:`BatchRenorm2d`,
     ``gn`` GroupNorm with C//8 groups, ``ln`` GroupNorm with one group (LayerNorm over
     C, H, W), ``none`` Identity. See README "Normalisation in RL" for which to pick.
     """
@@ -105,6 +150,8 @@ def make_norm(kind: str, channels: int) -> nn.Module:
         return FrozenBatchNorm2d(channels)
     if kind == "running_bn":
         return RunningBatchNorm2d(channels)
+    if kind == "phase_bn":
+        return PhaseBatchNorm2d(channels)
     if kind == "brn":
         return BatchRenorm2d(channels)
     if kind == "gn":
@@ -138,9 +185,10 @@ def folded_conv_weights(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Te
 class ConvNormAct(nn.Sequential):
     """Conv2d (same padding, no bias by default) -> norm -> activation. (B, Cin, H, W) -> (B, Cout, H/s, W/s).
 
-    Where the norm normalises with stored statistics in every forward (``frozen_bn``), the conv and the norm run as
-    one conv with reparameterised weights (:func:`folded_conv_weights`), in training too: the same function and the
-    same gradients, without the norm's pass over the activations. State-dict keys stay ``conv.*``, ``norm.*``."""
+    Where the norm normalises with stored statistics (``frozen_bn`` always, ``phase_bn`` in every forward of a phase
+    but its first), the conv and the norm run as one conv with reparameterised weights (:func:`folded_conv_weights`),
+    in training too: the same function and the same gradients, without the norm's pass over the activations.
+    State-dict keys stay ``conv.*``, ``norm.*``."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
                  norm: str = "bn", act: str = "relu", bias: bool = False):
@@ -150,7 +198,10 @@ class ConvNormAct(nn.Sequential):
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(self.norm) is FrozenBatchNorm2d:
+        norm = self.norm
+        if type(norm) is FrozenBatchNorm2d or (type(norm) is PhaseBatchNorm2d and norm.fixed_statistics()):
+            if type(norm) is PhaseBatchNorm2d and norm.training:
+                norm._forwards += 1  # counted as its own forward would be
             conv = self.conv
             weight, bias = folded_conv_weights(conv, self.norm)
             return self.act(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))

@@ -13,7 +13,7 @@ from torch import nn
 import rlvision
 from rlvision.backbones.mobilenetv4 import UIB, FusedIB
 from rlvision.inference_copy import InferenceCopy, foldable_pairs
-from rlvision.layers import BatchRenorm2d, RunningBatchNorm2d
+from rlvision.layers import BatchRenorm2d, ConvNormAct, PhaseBatchNorm2d, RunningBatchNorm2d
 from rlvision.envs import make_env
 
 from conftest import tolerance
@@ -234,3 +234,62 @@ def test_saved_kwargs_pin_the_preset_and_the_init(tmp_path):
     with torch.no_grad():
         assert torch.equal(model.policy.get_distribution(obs).distribution.probs,
                            loaded.policy.get_distribution(obs).distribution.probs)
+
+
+def test_phase_bn_moves_its_statistics_once_per_phase_as_far_as_running_bn_would():
+    """Issue 31 item 2: the statistics move at a phase's first train-mode forward only (SB3 switches to train mode
+    once per update), by 1 - (1 - 0.1)^k for the k forwards of the phase before (the first: to the batch's)."""
+    norm = PhaseBatchNorm2d(3).eval()
+    x = torch.randn(16, 3, 5, 5) * 2 + 1
+    norm.train()
+    first = norm(x)
+    torch.testing.assert_close(first, (x - 0.0) / (1.0 + 1e-5) ** 0.5)  # the statistics before: (0, 1)
+    torch.testing.assert_close(norm.running_mean, x.mean((0, 2, 3)))  # the first update: the batch's as they are
+    stats = norm.running_mean.clone(), norm.running_var.clone()
+    for _ in range(3):  # the rest of the phase: fixed statistics, the same function as eval mode
+        y = torch.randn(16, 3, 5, 5)
+        out = norm(y)
+        assert torch.equal(norm.running_mean, stats[0]) and torch.equal(norm.running_var, stats[1])
+        acting = torch.nn.functional.batch_norm(y, stats[0], stats[1], norm.weight, norm.bias, False, 0.0, norm.eps)
+        torch.testing.assert_close(out, acting)
+    assert norm.num_batches_tracked == 1
+    norm.train()  # already in train mode: no new phase
+    assert norm.fixed_statistics()
+    norm.eval()
+    norm.train()  # a new phase, after k = 4 forwards
+    z = torch.randn(16, 3, 5, 5) - 3
+    norm(z)
+    step = 1 - 0.9 ** 4
+    torch.testing.assert_close(norm.running_mean, (1 - step) * stats[0] + step * z.mean((0, 2, 3)))
+
+
+def test_phase_bn_folds_into_its_conv_except_at_a_phases_first_forward():
+    torch.manual_seed(0)
+    block = ConvNormAct(4, 6, 3, 1, norm="phase_bn", act="relu").double().eval()
+    x = torch.randn(8, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    block.train()
+    assert not block.norm.fixed_statistics()
+    block(x.detach())  # the phase's first forward: the statistics move, unfolded
+    assert block.norm.fixed_statistics()
+    folded = block(x)
+    grads = torch.autograd.grad(folded.square().sum(), [x, *block.parameters()])
+    block.norm._pending = False
+    plain = torch.nn.Sequential.forward(block, x)
+    plain_grads = torch.autograd.grad(plain.square().sum(), [x, *block.parameters()])
+    torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert block.norm._forwards == 3  # folded forwards count as the norm's own
+
+
+def test_phase_bn_in_ppo_acts_as_it_learns_with_one_statistics_update_per_rollout():
+    from rlvision.diagnostics import EncoderDiagnostics
+
+    model = _ppo("mobilenetv4_cpu_rl", norm="phase_bn")
+    model.n_epochs = 2
+    diagnostics = EncoderDiagnostics(budget=None)
+    model.learn(64, callback=diagnostics)  # 4 rollouts of 16 steps, 2 epochs of one minibatch each
+    norms = [m for m in model.policy.modules() if isinstance(m, PhaseBatchNorm2d)]
+    assert norms and all(int(n.num_batches_tracked) == 4 for n in norms)
+    assert max(h["value_rel_diff"] for h in diagnostics.history) < 1e-5
+    assert max(h["action_kl"] for h in diagnostics.history) < 1e-8

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_STEPS ?= 4096
 
-.PHONY: setup test test-random demo bench bench-speed bench-gpu bench-learning bench-export clean
+.PHONY: setup test test-random demo bench bench-speed bench-design bench-gpu bench-learning bench-export clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -67,8 +67,12 @@ bench: $(STAMP) bench-speed
 		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}'
 
 # Issue 6 only (about 35 minutes): the speed path, side by side with the plain formulations, and the norm choice.
+LOOP_BACKBONES := nature_cnn,mobilenetv4_cpu_rl,mobilenetv4_cpu_rl[norm=phase_bn],mobilenetv4_cpu_rl[norm=frozen_bn],mobilenetv4_nano_rl,mobilenetv4_small_rl,impala_cnn,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
 bench-speed: $(STAMP)
-	$(BIN)/rlvision bench-speed --out runs/bench-speed
+	# issue 31's instrument: PPO's two regimes per encoder at 56 and 84 px, 1 torch thread (the issue's setting)
+	$(BIN)/rlvision bench-speed --threads 1 --loop-backbones '$(LOOP_BACKBONES)' --backbones '' --train-backbones '' \
+		--out runs/bench-loop
+	$(BIN)/rlvision bench-speed --loop-backbones '' --out runs/bench-speed
 	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones '$(SPEED_BACKBONES)' \
 		--steps 3072 --logdir runs/bench-pong-speed --overwrite --no-progress
 	$(BIN)/rlvision compare --env ALE/Pong-v5 --backbones mobilenetv4_nano_rl --threads 1 \
@@ -78,6 +82,15 @@ bench-speed: $(STAMP)
 		--no-progress
 	$(BIN)/python experiments/bench_running_bn.py
 	# the norm-choice table: make bench-learning (issue 12, 3 seeds with CIs)
+
+# Issue 31: MobileNet-v4 presets designed on this device (about 20 minutes on 2 cores): candidates' loop cost
+# against a learning proxy, the Pareto front (runs/design-cpu/design.md, pareto-56.png). On a GPU: --device cuda.
+bench-design: $(STAMP)
+	$(BIN)/rlvision design --out runs/design-cpu
+	$(BIN)/rlvision design --references nature_cnn --out runs/design-cpu-2 \
+		--blocks "cn_c24_k4_s4-er_c48_e2_s2 cn_c16_k4_s4-er_c32_e4_s2 cn_c24_k4_s4-er_c48_e4_s2"
+	$(BIN)/rlvision design --references nature_cnn --norm frozen_bn --out runs/design-cpu-frozen \
+		--blocks "cn_c16_k4_s4-er_c32_e2_s2 cn_c24_k4_s4-er_c48_e2_s2 cn_c32_k4_s4-er_c64_e2_s2"
 
 # Issue 10/14 GPU figures (needs a CUDA machine; about 10 minutes, plus torch.compile's tuning if not skipped).
 # SB3's PPO next to GraphedPPO (its update replayed from CUDA graphs; eager on CPU), the same encoders
@@ -98,7 +111,7 @@ bench-gpu: $(STAMP)
 SWEEP_ARGS ?=
 LEARNING_V2 := norms_v2 learning_v2_doorkey learning_v2_doorkey_running learning_v2_doorkey_lin learning_v2_doorkey_ln learning_v2_lavagap \
 	learning_v2_synthetic learning_v2_lavagap_presets learning_v2_lavagap_impala learning_v2_doorkey_presets \
-	learning_v2_impala drqv2 sac_pixels sac_pixels_sb3_entropy
+	learning_v2_impala drqv2 sac_pixels sac_pixels_sb3_entropy speed_validation
 bench-learning: $(STAMP)
 	for config in $(LEARNING_V2); do \
 		$(BIN)/rlvision sweep --config experiments/configs/sweep_$$config.yaml --out runs/sweep-$$config $(SWEEP_ARGS) \

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-import importlib
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import NormalActionNoise
@@ -36,11 +35,7 @@ DISCRETE = tuple(name for name, row in ALGORITHMS.items() if row.actions == "dis
 
 def algo_class(algo: str) -> type[BaseAlgorithm]:
     """The SB3 / sb3-contrib class of ``algo`` (a key of ALGOS)."""
-    module, name = algorithm(algo).cls_path.split(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as error:
-        raise ImportError(f"{name} is in sb3-contrib: pip install 'rlvision[contrib]' (or sb3-contrib).") from error
+    return algorithm(algo).load_class()
 
 
 def policy_name(algo: str, observation_space: spaces.Space) -> str:

@@ -65,6 +65,17 @@ class Algorithm:
     action_noise_std: float | None = None
     policy_hint: str | None = None
 
+    def load_class(self) -> type:
+        """The algorithm's class, imported now (sb3-contrib's: an ImportError that says how to install it)."""
+        import importlib
+
+        module, name = self.cls_path.split(":")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ImportError as error:
+            raise ImportError(f"{name} is in sb3-contrib: pip install 'rlvision[contrib]' (or sb3-contrib).") \
+                from error
+
     @property
     def sharing_modes(self) -> tuple[str, ...]:
         """The ``encoder_sharing`` values the algorithm takes (SAC-style actor-critics only)."""

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-preprocess": ("rlvision.commands.bench_preprocess", "super-resolution stages: latency, fused vs not"),
     "train-sr": ("rlvision.commands.train_sr", "train a super-resolution stage on frames of an env"),
     "zoo": ("rlvision.agents.zoo", "write an RL Zoo hyperparameter file that uses an rlvision encoder"),
-    "export": ("rlvision.export", "a trained policy as an ONNX / TorchScript file, its outputs checked against SB3"),
+    "export": ("rlvision.commands.export", "a trained policy as an ONNX / TorchScript / ExecuTorch file, checked"),
 }
 
 

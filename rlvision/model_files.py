@@ -445,9 +445,7 @@ def load(path: str, env=None, device: str = "auto", trust: bool = False, algo: s
     algo = algo or algorithm_of(path)
     if algo is None:
         raise ValueError(f"{path}: cannot tell the algorithm of this model; pass algo= (--algo).")
-    from rlvision.agents import algo_class
-
-    cls = algo_class(algorithm(algo).name)
+    cls = algorithm(algo).load_class()
     if trust:
         return cls.load(path, env=env, device=device, custom_objects=custom_objects, **kwargs)
     objects, problems = safe_objects(path, env)

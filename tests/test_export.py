@@ -107,8 +107,10 @@ def test_dqn_torchscript_and_the_mask_of_maskable_ppo(tmp_path):
 def test_a_mismatch_fails_with_the_numbers_and_leaves_no_file(tmp_path, monkeypatch):
     model, _ = trained("ppo")
     path = tmp_path / "p.pt"
-    real = export._reference
-    monkeypatch.setattr(export, "_reference", lambda m, i, g: [(real(m, i, g)[0] + 1) % 4])
+    from rlvision.export import verification
+
+    real = verification._reference
+    monkeypatch.setattr(verification, "_reference", lambda m, i, g: [(real(m, i, g)[0] + 1) % 4])
     with pytest.raises(export.ExportMismatchError, match=r"actions equal: 0\.0%"):
         export.export_policy(model, str(path), format="torchscript", log=lambda *_: None)
     assert not os.listdir(tmp_path)
@@ -124,7 +126,7 @@ def test_unsupported_and_bad_input_are_named(tmp_path):
     with pytest.raises(ValueError, match="junk.onnx.*export it again"):
         export.OnnxPolicy(str(tmp_path / "junk.onnx"))
     with pytest.raises(ValueError, match="Cannot export ARS; supported: ppo"):  # an algorithm not covered
-        export._PolicyGraph(type("ARS", (), dict(policy=None, observation_space=None))(), False, False)
+        export.graph._PolicyGraph(type("ARS", (), dict(policy=None, observation_space=None))(), False, False)
 
 
 def test_recurrent_ppo_exports_with_its_lstm_state_in_and_out(tmp_path):
@@ -281,7 +283,9 @@ def test_executorch_falls_back_to_portable_kernels_when_xnnpack_differs(tmp_path
             raise export.ExportMismatchError("actions equal: 23.0%")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(export, "verify", xnnpack_differs)
+    from rlvision.export import writers
+
+    monkeypatch.setattr(writers, "verify", xnnpack_differs)
     lines = []
     path = str(tmp_path / "p.pte")
     report = export.export_policy(model, path, format="executorch", n_check=4, log=lines.append)

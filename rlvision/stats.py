@@ -75,6 +75,34 @@ def summarize(rows: list[dict], thresholds: dict[str, float | None]) -> list[dic
     return table
 
 
+def reach_ranking(rows: list[dict], thresholds: dict[str, float | None]) -> list[dict]:
+    """The default-encoder rule (issue 31): per (algo, backbone) over every env that has a threshold, the runs that
+    reached it (an evaluation after step 0 at or above it: a step-0 score is an untrained policy's luck) and the
+    median training seconds to it over those runs, pooled over the envs; the most runs first, ties to the fewer
+    median seconds. Per env too: ``<env>: reached, median seconds``."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if thresholds.get(row["env"]) is not None:
+            groups.setdefault((row["algo"], row["backbone"]), []).append(row)
+    ranking = []
+    for (algo, backbone), runs in groups.items():
+        seconds, per_env = [], {}
+        for run in runs:
+            later = [p for p in run["curve"] if p["steps"] > 0]
+            crossing = first_crossing(later, thresholds[run["env"]], "seconds")
+            per_env.setdefault(run["env"], []).append(crossing)
+            if crossing is not None:
+                seconds.append(crossing)
+        entry = dict(algo=algo, backbone=backbone, reached=len(seconds), runs=len(runs),
+                     median_seconds=round(float(np.median(seconds)), 1) if seconds else None)
+        for env, crossings in per_env.items():
+            hit = [c for c in crossings if c is not None]
+            entry[env] = f"{len(hit)}/{len(crossings)}" + (f", {np.median(hit):.0f} s" if hit else "")
+        ranking.append(entry)
+    return sorted(ranking, key=lambda e: (-e["reached"], e["median_seconds"] if e["median_seconds"] is not None
+                                          else float("inf")))
+
+
 def markdown_table(table: list[dict]) -> str:
     """A Markdown table of row dicts: the union of their keys as columns, empty cells for missing or NaN values."""
     columns = list(dict.fromkeys(k for row in table for k in row))

@@ -97,3 +97,20 @@ def test_a_malformed_schedule_string_fails_before_ray_starts(tmp_path, capsys):
         sweep.main(["--envs", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--hyperparams",
                     "{learning_rate: lin_fast}", "--out", str(tmp_path)])
     assert "learning_rate='lin_fast'" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+
+def test_reach_ranking_is_the_default_encoder_rule():
+    """Most runs reaching the threshold over every env wins; ties go to the fewer median seconds; a step-0 score
+    (an untrained policy's luck) does not count."""
+    def row(env, backbone, returns, seconds):
+        curve = [dict(steps=i * 10, seconds=s, eval_return=r)
+                 for i, (r, s) in enumerate(zip(returns, seconds, strict=True))]
+        return dict(env=env, algo="ppo", backbone=backbone, curve=curve)
+
+    rows = [row("A", "slow", [0, 0.6], [0, 20]), row("B", "slow", [0, 0.6], [0, 30]),
+            row("A", "fast", [0, 0.6], [0, 5]), row("B", "fast", [0.9, 0.1], [0, 4]),  # B: only at step 0
+            row("A", "tied", [0, 0.7], [0, 10]), row("B", "tied", [0, 0.8], [0, 12])]
+    ranking = stats.reach_ranking(rows, {"A": 0.5, "B": 0.5})
+    assert [(r["backbone"], r["reached"], r["median_seconds"]) for r in ranking] == [
+        ("tied", 2, 11.0), ("slow", 2, 25.0), ("fast", 1, 5.0)]
+    assert ranking[0]["A"] == "1/1, 10 s" and ranking[2]["B"] == "0/1"

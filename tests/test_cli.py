@@ -93,3 +93,20 @@ def test_installed_command_exits_zero_when_a_command_returns_results(monkeypatch
     assert cli.console() == 3
     monkeypatch.setattr(cli, "main", lambda: None)
     assert cli.console() == 0
+
+
+def test_train_help_lists_every_config_key_with_its_default_and_the_shipped_configs():
+    from rlvision.commands.train import DEFAULT_CONFIG, shipped_configs
+
+    text = _parser("train").format_help()
+    assert "Without a config the defaults run" in text and "shipped configs (rlvision train NAME)" in text
+    keys = text.split("config keys:")[1]
+    for key in DEFAULT_CONFIG:
+        assert re.search(rf"^  {key} +\S.*\(default: .+\)$", keys, re.M), key
+    assert set(shipped_configs()) >= {"ppo_synthetic", "ppo_pong", "ppo_minigrid", "sac_synthetic"}
+
+
+def test_bench_help_names_the_files_it_writes():
+    bench = _parser("bench")
+    out = next(a for a in bench._actions if "--out" in a.option_strings)
+    assert "bench.md" in out.help and "summary.md" not in out.help

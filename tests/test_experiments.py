@@ -34,15 +34,15 @@ def test_train_script_from_yaml(tmp_path):
     assert "train/loss" in scalar_tags(run)
 
 
-def test_train_script_rejects_unknown_keys(tmp_path):
+def test_train_script_rejects_unknown_keys(tmp_path, capsys):
+    """A usage error: exit status 2 and a message that names the key, its closest known one and the file."""
     config = tmp_path / "c.yaml"
     config.write_text("backbone: nature_cnn\nlearning_rat: 0.1\n")
-    try:
+    with pytest.raises(SystemExit) as exit_info:
         train.main([str(config)])
-    except SystemExit as e:
-        assert "learning_rat" in str(e)
-    else:
-        raise AssertionError("unknown key accepted")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "learning_rat" in err and "learning_rate" in err and str(config) in err
 
 
 def test_compare_backbones_writes_table_and_runs(tmp_path):

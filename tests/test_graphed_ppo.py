@@ -192,9 +192,10 @@ def test_profiler_times_and_counts_graph_replays():
 
     out = torch.zeros(6)
     idx = torch.arange(24)
-    before = profiler._counts["train_samples"]
+    session = profiler.session
+    before = session._counts["train_samples"]
     assert model.graph_step.replay((Graph(), [torch.empty_like(idx)], out), (idx,)) is out
-    assert Graph.replays == 1 and profiler._counts["train_samples"] - before == 24
-    assert profiler._window["train_graph"] > 0
+    assert Graph.replays == 1 and session._counts["train_samples"] - before == 24
+    assert session._window["train_graph"] > 0
     profiler.on_training_end()
     assert "replay" not in vars(model.graph_step)  # the timer is removed after training

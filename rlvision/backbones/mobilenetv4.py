@@ -413,11 +413,15 @@ def parse_blocks(text: str) -> list[tuple]:
     return specs
 
 
-def mobilenetv4_blocks(in_channels: int = 3, num_classes: int = 0, blocks: str | None = None,
+CPU_RL_BLOCKS = "cn_c16_k4_s4-er_c32_e2_s2"
+
+
+def mobilenetv4_blocks(in_channels: int = 3, num_classes: int = 0, blocks: str = CPU_RL_BLOCKS,
                        norm: str = "running_bn", act: str = "relu", residual: bool = True) -> MobileNetV4:
     """A MobileNet-v4 from a block string (:func:`parse_blocks`): paper-style blocks (linear projections, skips
     where a block keeps its shape), ``norm`` and ``act`` after every conv, a GroupNorm head for ``num_classes`` > 0
-    (works at batch 1). The RL presets below are such strings, chosen by measuring candidates on the device."""
+    (works at batch 1). The RL presets below are such strings, chosen by measuring candidates on the device; without
+    ``blocks`` it builds the CPU preset's string (``mobilenetv4_cpu_rl``)."""
     style = replace(PAPER_STYLE, norm=norm, act=act, residual=residual)
     return MobileNetV4(parse_blocks(blocks), in_channels, num_classes, style, ("seed", 128, 0.0, "gn"))
 
@@ -427,7 +431,7 @@ def mobilenetv4_blocks(in_channels: int = 3, num_classes: int = 0, blocks: str |
 # proxy. On a 2-core CPU the front is the shallowest design: a 4x4 stride-4 stem (as NatureCNN's first layer) and one
 # stride-2 FusedIB (a dense 3x3 conv, faster than depthwise + pointwise on CPUs), running_bn (acting = learning).
 BLOCK_PRESETS = {
-    "mobilenetv4_cpu_rl": dict(blocks="cn_c16_k4_s4-er_c32_e2_s2", norm="running_bn", act="relu", residual=True),
+    "mobilenetv4_cpu_rl": dict(blocks=CPU_RL_BLOCKS, norm="running_bn", act="relu", residual=True),
 }
 
 

@@ -122,11 +122,23 @@ def new_segment(run_dir: str, step: int) -> int:
 
 
 def _with_matches(keys) -> list[str]:
-    """Each unknown key with its closest known one: ["'stepz' (did you mean 'steps'?)", ...]."""
+    """Each unknown key with its closest known one: ["'stepz' (did you mean 'steps'?)", ...]; a hyperparameter
+    (or a near miss of one) written at the top level is pointed to ``hyperparams:``."""
     import difflib
 
-    return [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, DEFAULT_CONFIG, 1))
-                        else "") for k in sorted(keys)]
+
+    hyperparams = {name for table in DEFAULTS.values() for name in table}
+    hints = []
+    for key in sorted(keys):
+        if key in hyperparams:
+            hints.append(f"{key!r} (an algorithm's hyperparameter: put it under 'hyperparams:')")
+        elif close := difflib.get_close_matches(key, DEFAULT_CONFIG, 1):
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)")
+        elif close := difflib.get_close_matches(key, hyperparams, 1):
+            hints.append(f"{key!r} (did you mean {close[0]!r} under 'hyperparams:'?)")
+        else:
+            hints.append(repr(key))
+    return hints
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict:

@@ -67,7 +67,7 @@ bench: $(STAMP) bench-speed
 		--hyperparams '{n_steps: 64, batch_size: 128, n_epochs: 4, learning_rate: 0.0005, clip_range: 0.2}'
 
 # Issue 6 only (about 35 minutes): the speed path, side by side with the plain formulations, and the norm choice.
-LOOP_BACKBONES := nature_cnn,mobilenetv4_cpu_rl,mobilenetv4_cpu_rl[norm=phase_bn],mobilenetv4_cpu_rl[norm=frozen_bn],mobilenetv4_nano_rl,mobilenetv4_small_rl,impala_cnn,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
+LOOP_BACKBONES := nature_cnn,mobilenetv4_cpu_rl,mobilenetv4_cpu_rl[norm=phase_bn],mobilenetv4_cpu_rl[norm=frozen_bn],mobilenetv4_blocks[blocks=cn_c16_k4_s4-er_c32_e2_s2],mobilenetv4_nano_rl,mobilenetv4_small_rl,impala_cnn,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl
 bench-speed: $(STAMP)
 	# issue 31's instrument: PPO's two regimes per encoder at 56 and 84 px, 1 torch thread (the issue's setting)
 	$(BIN)/rlvision bench-speed --threads 1 --loop-backbones '$(LOOP_BACKBONES)' --backbones '' --train-backbones '' \

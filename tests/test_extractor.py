@@ -138,7 +138,8 @@ def test_every_entry_point_defaults_to_the_one_default_encoder():
     from rlvision.commands import train
     from rlvision.runs import RunSpec
 
-    assert rlvision.DEFAULT_BACKBONE == "nature_cnn"  # BENCHMARKS.md "Learning v2" says why (issue 21)
+    # issue 31's rule, BENCHMARKS.md "MobileNet-v4 that wins per second" says why
+    assert rlvision.DEFAULT_BACKBONE == "mobilenetv4_cpu_rl"
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     assert VisionExtractor(space).backbone_name == rlvision.DEFAULT_BACKBONE
     assert policy_kwargs()["features_extractor_kwargs"]["backbone"] == rlvision.DEFAULT_BACKBONE
@@ -168,9 +169,16 @@ def test_encoder_is_the_extractor_without_sb3():
 def test_weights_of_another_backbone_fail_with_how_to_load_them():
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     nano = VisionExtractor(space, backbone="mobilenetv4_nano_rl").state_dict()
-    default = VisionExtractor(space)  # nature_cnn since issue 21
-    with pytest.raises(RuntimeError, match="not a 'nature_cnn'.*mobilenetv4_nano_rl before issue 21.*custom_objects"):
-        default.load_state_dict(nano)
+    nature = VisionExtractor(space, backbone="nature_cnn").state_dict()
+    default = VisionExtractor(space)  # mobilenetv4_cpu_rl since issue 31
+    # nano_rl shares the first keys of cpu_rl's layout (other shapes, more blocks); nature_cnn shares none
+    for other, problem in ((nano, "are not in this one"), (nature, "are not in this one")):
+        with pytest.raises(RuntimeError, match=f"not a 'mobilenetv4_cpu_rl'.*{problem}.*mobilenetv4_nano_rl before "
+                                               f"issue 21, nature_cnn from issue 21 to issue 31.*custom_objects"):
+            default.load_state_dict(other)
+    reshaped = VisionExtractor(space, backbone="mobilenetv4_blocks", blocks="cn_c16_k4_s4-er_c32_e2_s2").state_dict()
+    with pytest.raises(RuntimeError, match="backbone tensors have other shapes"):
+        default.load_state_dict(reshaped)
     default.load_state_dict(VisionExtractor(space).state_dict())  # its own layout loads
     own = VisionExtractor(space).state_dict()
     partial = {k: v for i, (k, v) in enumerate(own.items()) if i % 2}

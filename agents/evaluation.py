@@ -37,12 +37,14 @@ class PeriodicEvaluation(BaseCallback):
     Each point is a dict ``steps``, ``seconds`` (training wall-clock so far, evaluation time excluded: the x-axis of
     "return per unit of compute"), ``eval_return``, ``eval_return_std``, ``success_rate``; points go to
     ``self.curve``, to SB3's logger (``eval/mean_return``, ...: TensorBoard) and to ``on_point`` (e.g. Ray Tune's
-    ``report``).
+    ``report``). With a ``test_env`` (e.g. Procgen's unseen levels) each point also has ``test_return``,
+    ``test_return_std`` and ``test_success_rate`` from as many episodes there (``eval/test_mean_return``).
     """
 
     def __init__(self, eval_env: VecEnv, every: int, n_episodes: int = 10, deterministic: bool = False,
-                 on_point: Callable[[dict[str, Any]], None] | None = None):
+                 on_point: Callable[[dict[str, Any]], None] | None = None, test_env: VecEnv | None = None):
         super().__init__()
+        self.test_env = test_env
         if every < 1 or n_episodes < 1:
             raise ValueError(f"every and n_episodes must be >= 1, got every={every}, n_episodes={n_episodes}.")
         self.eval_env, self.every, self.n_episodes, self.deterministic = eval_env, every, n_episodes, deterministic
@@ -56,9 +58,15 @@ class PeriodicEvaluation(BaseCallback):
         seconds = time.perf_counter() - self._start - self._eval_seconds
         start = time.perf_counter()
         result = evaluate_agent(self.model, self.eval_env, self.n_episodes, self.deterministic)
+        test = (evaluate_agent(self.model, self.test_env, self.n_episodes, self.deterministic)
+                if self.test_env is not None else None)
         self._eval_seconds += time.perf_counter() - start
         point = dict(steps=int(self.num_timesteps), seconds=round(seconds, 3), eval_return=result["mean_return"],
                      eval_return_std=result["std_return"], success_rate=result["success_rate"])
+        if test is not None:
+            point.update(test_return=test["mean_return"], test_return_std=test["std_return"],
+                         test_success_rate=test["success_rate"])
+            self.logger.record("eval/test_mean_return", test["mean_return"])
         self.curve.append(point)
         self.logger.record("eval/mean_return", point["eval_return"])
         if point["success_rate"] is not None:

@@ -8,10 +8,10 @@ if getattr(_package, "__file__", None) is None:  # a folder named rlvision witho
                       f"installed package; run from another directory, or rename or remove that folder.")
 
 from . import synthetic  # noqa: F401  (registers SyntheticPixel-v0 and SyntheticPixelContinuous-v0)
-from .factory import check_env_id, env_family, make_env
+from .factory import check_env_id, env_family, make_env, return_normalizer
 from .synthetic import SyntheticPixelEnv
 from .vector import VectorEnvAdapter, make_native_atari
 from .wrappers import VecLowRes, downscale
 
 __all__ = ["SyntheticPixelEnv", "VectorEnvAdapter", "make_native_atari", "VecLowRes", "downscale", "env_family",
-           "make_env", "check_env_id"]
+           "make_env", "check_env_id", "return_normalizer"]

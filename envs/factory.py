@@ -9,6 +9,8 @@
 - MiniGrid (``MiniGrid-*``): RGB partial observations (``RGBImgPartialObsWrapper``), image only.
 - CarRacing (``CarRacing-v3``): 96x96 RGB; optional frame stack.
 - The synthetic pixel env (``SyntheticPixel-v0``, ``SyntheticPixelContinuous-v0``).
+- Procgen (``procgen/<game>``, 16 games): envpool's C++ batched env in-process (:mod:`rlvision.envs.procgen`), 64x64
+  RGB; ``env_kwargs`` ``distribution_mode``, ``num_levels``, ``start_level``.
 
 Any other family can also run in gymnasium's own vector envs (``vec_env_cls="gym_sync"`` or ``"gym_async"``) behind
 the same adapter (:class:`rlvision.envs.vector.VectorEnvAdapter`).
@@ -38,7 +40,9 @@ VEC_ENV_CLASSES = ("dummy", "subproc", "gym_sync", "gym_async")
 
 
 def env_family(env_id: str) -> str:
-    """'atari', 'minigrid', 'carracing', 'synthetic' or 'gym' (any other registered id)."""
+    """'atari', 'minigrid', 'carracing', 'synthetic', 'procgen' or 'gym' (any other registered id)."""
+    if env_id.startswith("procgen/"):
+        return "procgen"
     if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
         return "atari"
     if env_id.startswith("MiniGrid-") or env_id.startswith("BabyAI-"):
@@ -64,6 +68,11 @@ def check_env_id(env_id: str) -> None:
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"env_id must be a registered gymnasium id (e.g. 'ALE/Pong-v5'), got {env_id!r}.")
     family = env_family(env_id)
+    if family == "procgen":
+        from .procgen import procgen_game
+
+        procgen_game(env_id)  # the name only: envpool is imported when the env is made
+        return
     if family == "synthetic":
         from .synthetic import SyntheticPixelEnv  # noqa: F401  (importing it registers the synthetic ids)
     elif family in _FAMILY_PACKAGES:
@@ -86,7 +95,18 @@ def check_env_id(env_id: str) -> None:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"Unknown env id {env_id!r}.{hint} make_env takes any registered gymnasium id with image "
                          f"observations: ALE/*-v5 (rlvision[atari]), MiniGrid-* (rlvision[minigrid]), CarRacing-v3, "
-                         f"SyntheticPixel-v0, SyntheticPixelContinuous-v0.")
+                         f"SyntheticPixel-v0, SyntheticPixelContinuous-v0, procgen/<game> (rlvision[procgen]).")
+
+
+def return_normalizer(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Callable[[float], float] | None:
+    """The family's published return normalisation for ``env_id``, as a function of a return, or None where the
+    family has none (Procgen: the paper's per-game ``(R - R_min) / (R_max - R_min)`` for the distribution mode)."""
+    if env_family(env_id) == "procgen":
+        from .procgen import normalized_return, procgen_game
+
+        game, mode = procgen_game(env_id), (env_kwargs or {}).get("distribution_mode", "easy")
+        return lambda value: float(normalized_return(game, value, mode))
+    return None
 
 
 def _minigrid_wrapper(tile_size: int) -> Callable[[gym.Env], gym.Env]:
@@ -145,7 +165,15 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack: in
         raise ValueError(f"vec_env_cls={vec_env_cls!r} applies to backend='python'; the native Atari backend is "
                          f"ale-py's own vector env (threads set with env_kwargs={{'num_threads': k}}).")
 
-    if family == "atari" and backend == "native":
+    if family == "procgen" and (gym_vector or vec_env_cls is not DummyVecEnv):
+        raise ValueError(f"vec_env_cls={vec_env_cls!r} does not apply to Procgen: it runs in envpool's own batched "
+                         f"env (threads set with env_kwargs={{'num_threads': k}}).")
+
+    if family == "procgen":
+        from .procgen import make_procgen
+
+        env = make_procgen(env_id, n_envs, seed=seed, env_kwargs=env_kwargs)
+    elif family == "atari" and backend == "native":
         import ale_py  # noqa: F401
 
         frame_stack = 4 if frame_stack is None else frame_stack

@@ -53,6 +53,11 @@ class RunSpec:
         upscaling by ``preprocess_scale``.
     :param hyperparams: over rlvision.agents.DEFAULTS[algo].
     :param eval_episodes: episodes of the final evaluation (0: none), or of each evaluation with ``eval_every``.
+    :param test_env_kwargs: with ``eval_every``, a second evaluation env with these kwargs over ``env_kwargs`` (e.g.
+        Procgen's unseen levels, ``rlvision.envs.procgen.procgen_test_kwargs``): the curve gets ``test_return``, the
+        row ``test_return`` and ``generalization_gap`` (eval - test).
+    :param normalize_reward: train on rewards scaled by SB3's VecNormalize (observations untouched; evaluation on
+        the raw returns), as Procgen's PPO protocol does.
     :param threads: torch threads (None: torch's choice); ``device``: "auto", "cpu", "cuda".
     :param logdir: the TensorBoard folder (a run ``<logdir>/<label>``); None: no TensorBoard.
     """
@@ -72,6 +77,8 @@ class RunSpec:
     preprocess_scale: int = 2
     eval_episodes: int = 0
     eval_every: int | None = None
+    test_env_kwargs: dict[str, Any] | None = None
+    normalize_reward: bool = False
     device: str = "auto"
     threads: int | None = None
     logdir: str | None = None
@@ -118,10 +125,12 @@ def check_entry(name: str, options: dict, algo: str, allow_algo_option: bool = T
     algorithm(options.get("algo", algo))
 
 
-def make_env_for(spec: RunSpec, n_envs: int, seed: int):
+def make_env_for(spec: RunSpec, n_envs: int, seed: int, test: bool = False):
+    """The run's env (``test``: with ``test_env_kwargs`` over ``env_kwargs``)."""
     from rlvision.envs import make_env
 
-    return make_env(spec.env, n_envs=n_envs, seed=seed, env_kwargs=spec.env_kwargs, low_res=spec.low_res,
+    env_kwargs = {**spec.env_kwargs, **(spec.test_env_kwargs or {})} if test else spec.env_kwargs
+    return make_env(spec.env, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, low_res=spec.low_res,
                     backend=spec.backend)
 
 
@@ -154,10 +163,11 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
     evaluate every so many steps (``spec.eval_episodes`` episodes): the row gets the learning ``curve`` and each
     point also goes to ``on_point`` (sweeps: Ray Tune's report)."""
     import rlvision
-    from rlvision.agents import PeriodicEvaluation, evaluate_agent, make_agent
+    from rlvision.agents import DEFAULTS, PeriodicEvaluation, evaluate_agent, make_agent
     from rlvision.benchmark import count_flops
     from rlvision.diagnostics import EncoderDiagnostics
     from rlvision.encode import VecEncode
+    from rlvision.envs import return_normalizer
     from rlvision.profiler import PHASES, ThroughputProfiler
     from stable_baselines3.common.logger import configure as configure_logger
 
@@ -172,6 +182,11 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
     obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32) / 255
     if encode_once:
         env = VecEncode(env, spec.backbone, device=spec.device, **options)
+    if spec.normalize_reward:
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        gamma = spec.hyperparams.get("gamma", DEFAULTS[algo].get("gamma", 0.99))
+        env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=gamma)
     model = make_agent(algo, env, backbone=spec.backbone, seed=spec.seed, device=spec.device,
                        backbone_kwargs=encoder_kwargs(spec, options), **sharing, **spec.hyperparams)
     model.set_logger(configure_logger(os.path.join(spec.logdir, label) if spec.logdir else None,
@@ -187,7 +202,13 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
         eval_env = make_env_for(spec, min(spec.eval_episodes, 8), spec.seed + 10_000)
         if encode_once:
             eval_env = VecEncode(eval_env, spec.backbone, device=spec.device, **options)
-        evaluation = PeriodicEvaluation(eval_env, spec.eval_every, spec.eval_episodes, on_point=on_point)
+        test_env = None
+        if spec.test_env_kwargs is not None:
+            test_env = make_env_for(spec, min(spec.eval_episodes, 8), spec.seed + 20_000, test=True)
+            if encode_once:
+                test_env = VecEncode(test_env, spec.backbone, device=spec.device, **options)
+        evaluation = PeriodicEvaluation(eval_env, spec.eval_every, spec.eval_episodes, on_point=on_point,
+                                        test_env=test_env)
         callbacks.append(evaluation)
     start = time.perf_counter()
     model.learn(spec.steps, callback=callbacks, progress_bar=spec.progress)
@@ -218,6 +239,17 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
         row.update(eval_return=round(last["eval_return"], 3), success_rate=last["success_rate"],
                    curve=evaluation.curve)
         evaluation.eval_env.close()
+        if evaluation.test_env is not None:
+            row.update(test_return=round(last["test_return"], 3),
+                       generalization_gap=round(last["eval_return"] - last["test_return"], 3))
+            evaluation.test_env.close()
+        normalize = return_normalizer(spec.env, spec.env_kwargs)
+        if normalize is not None:  # e.g. Procgen's per-game (R - R_min) / (R_max - R_min)
+            for point in evaluation.curve:
+                point.update({f"{k}_normalized": round(float(normalize(point[k])), 4)
+                              for k in ("eval_return", "test_return") if k in point})
+            row.update({f"{k}_normalized": last[f"{k}_normalized"] for k in ("eval_return", "test_return")
+                        if f"{k}_normalized" in last})
     elif spec.eval_episodes:
         eval_env = make_env_for(spec, 1, spec.seed + 10_000)
         if encode_once:

@@ -59,6 +59,18 @@ def summarize(rows: list[dict], thresholds: dict[str, float | None]) -> list[dic
             values = [r[f"max_{key}"] for r in runs if r.get(f"max_{key}") is not None]
             if values:
                 entry[f"max_{key}"] = float(f"{max(values):.3g}")
+        if all("test_return" in r["curve"][-1] for r in runs):  # held-out levels (Procgen's generalisation test)
+            test = [r["curve"][-1]["test_return"] for r in runs]
+            low, high = bootstrap_ci(test)
+            gap = [r["curve"][-1]["eval_return"] - r["curve"][-1]["test_return"] for r in runs]
+            entry.update(test_return=round(float(np.mean(test)), 3), test_ci95_low=round(low, 3),
+                         test_ci95_high=round(high, 3), generalization_gap=round(float(np.mean(gap)), 3))
+        for key in ("eval_return_normalized", "test_return_normalized"):  # a family's published normalisation
+            values = [r["curve"][-1][key] for r in runs if key in r["curve"][-1]]
+            if len(values) == len(runs):
+                low, high = bootstrap_ci(values)
+                name = "final_normalized" if key.startswith("eval") else "test_normalized"
+                entry.update({name: round(float(np.mean(values)), 3), f"{name}_ci95": f"{low:.3f}-{high:.3f}"})
         srank = [r["encoder_features_srank"] for r in runs if "encoder_features_srank" in r]
         if srank:
             entry["final_srank"] = round(float(np.mean(srank)), 1)

@@ -131,3 +131,14 @@ def test_renamed_modules_keep_their_old_import_paths():
     assert rlvision.inference.InferenceCopy is rlvision.inference_copy.InferenceCopy
     assert rlvision.inference.foldable_pairs is rlvision.inference_copy.foldable_pairs
     assert rlvision.ppo.GraphedPPO is rlvision.graphed_ppo.GraphedPPO
+
+
+def test_every_subpackage_is_listed_for_installation():
+    """pyproject.toml lists packages explicitly: a folder with an __init__.py missing from the list would be left
+    out of a wheel (an editable install still finds it, so only a real install would show it)."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = {name for name, path in module_files().items() if path.endswith("__init__.py")}
+    assert found == listed, f"missing from pyproject.toml: {sorted(found - listed)}; absent: {sorted(listed - found)}"

@@ -114,3 +114,31 @@ def test_reach_ranking_is_the_default_encoder_rule():
     assert [(r["backbone"], r["reached"], r["median_seconds"]) for r in ranking] == [
         ("tied", 2, 11.0), ("slow", 2, 25.0), ("fast", 1, 5.0)]
     assert ranking[0]["A"] == "1/1, 10 s" and ranking[2]["B"] == "0/1"
+
+
+def test_grid_gives_trial_records_and_run_specs_and_checks_before_anything_starts():
+    """rlvision.sweep.grid: the YAML's keys -> one JSON record per trial (the sweep.json of earlier sweeps keeps its
+    form: the Procgen keys appear only when set) -> one RunSpec per trial; check_trials names the culprit."""
+    from rlvision.runs import RunSpec
+    from rlvision.sweep import check_trials, grid, specs
+
+    spec = {"envs": {"SyntheticPixel-v0": {"steps": 512, "threshold": 0.5, "hyperparams": {"n_steps": 32}},
+                     "procgen/coinrun": {"steps": 256, "test_env_kwargs": {"start_level": 10},
+                                         "normalize_reward": True}},
+            "backbones": ["nature_cnn", "mobilenetv4_cpu_rl[norm=phase_bn]"], "seeds": [0, 1], "n_envs": 4,
+            "hyperparams": {"n_epochs": 1}}
+    trials, settings = grid(spec)
+    assert len(trials) == 2 * 2 * 2 and settings["n_envs"] == 4
+    first = trials[0]
+    assert first["backbone"] == ["nature_cnn", {}] and first["hyperparams"] == {"n_epochs": 1, "n_steps": 32}
+    assert "test_env_kwargs" not in first and "normalize_reward" not in first
+    assert trials[-1]["test_env_kwargs"] == {"start_level": 10} and trials[-1]["normalize_reward"] is True
+    runs = specs(trials)
+    assert all(isinstance(r, RunSpec) for r in runs)
+    assert runs[-1].options == {"norm": "phase_bn"} and runs[-1].seed == 1 and runs[-1].normalize_reward
+    assert runs[-1].test_env_kwargs == {"start_level": 10} and runs[0].eval_every == max(512 // 10, 32 * 4)
+    check_trials(trials)
+    with pytest.raises(ValueError, match="steps must be a number >= 1, got -5 .env 'SyntheticPixel-v0'"):
+        check_trials([dict(trials[0], steps=-5)])
+    with pytest.raises(ValueError, match="unknown keys \\['stepz'\\]"):
+        grid({**spec, "stepz": 5})

@@ -126,7 +126,6 @@ def _with_matches(keys) -> list[str]:
     (or a near miss of one) written at the top level is pointed to ``hyperparams:``."""
     import difflib
 
-
     hyperparams = {name for table in DEFAULTS.values() for name in table}
     hints = []
     for key in sorted(keys):

@@ -2,7 +2,7 @@
 logged twice.
 
     python experiments/fault_resume.py --schedules 20 --seed 0            # 20 random kill schedules (~10 minutes)
-    python experiments/fault_resume.py --schedules 20 --modes sigterm,sigint   # preemption signals only
+    python experiments/fault_resume.py --schedules 20 --modes sigterm,sigint --steps 6400   # preemption signals
     python experiments/fault_resume.py --kills "checkpoint,time;evaluation"  # these schedules (tests/test_resume.py)
 
 A schedule is a list of kills; each kill is one of
@@ -126,7 +126,7 @@ def check(run_dir: str, reference: str) -> list[str]:
     """What differs from the uninterrupted run (empty: nothing)."""
     problems = []
     with open(os.path.join(run_dir, "results.json")) as f:
-        if json.load(f)["steps"] != STEPS:
+        if json.load(f)["steps"] != CONFIG["steps"]:
             problems.append("results.json: wrong step count")
     if glob.glob(os.path.join(run_dir, "checkpoints", ".tmp-step_*")):
         problems.append("a temporary checkpoint folder was left behind")
@@ -156,8 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"kinds the random schedules draw from (default {','.join(MODES)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random schedules and kill times")
+    parser.add_argument("--steps", type=int, default=STEPS,
+                        help=f"env steps of the run (default {STEPS}; a checkpoint every tenth of them, at least 64). "
+                             "Longer runs put more random signals inside training rather than start-up")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.steps < 64 or args.steps % 64:
+        parser.error(f"--steps must be a multiple of 64 (2 envs x 32 steps per rollout), got {args.steps}")
+    CONFIG.update(steps=args.steps, checkpoint_every=max(64, args.steps // 10 // 64 * 64))
     rng = random.Random(args.seed)
     if args.kills:
         schedules = [[k.strip() for k in s.split(",") if k.strip()] for s in args.kills.split(";")]

@@ -33,7 +33,7 @@ test-random: $(STAMP)
 # each demo in its own folder under runs/demo (TensorBoard: tensorboard --logdir runs/demo shows every demo apart)
 demo: $(STAMP)
 	$(BIN)/rlvision compare --env ALE/Pong-v5 \
-		--backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl --steps $(DEMO_STEPS) \
+		--backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl,mobilenetv4_cpu_rl --steps $(DEMO_STEPS) \
 		--logdir runs/demo/$(shell date +%m%d-%H%M%S)
 
 # The figures in BENCHMARKS.md (about 80 minutes on 2 cores); run on an otherwise idle machine.

@@ -20,6 +20,7 @@ the first term, whatever its FLOPs.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -47,9 +48,25 @@ class CallCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextlib.contextmanager
+def distribution_checks(enabled: bool = __debug__):
+    """torch.distributions' argument checks set to ``enabled`` (torch's default: on unless Python runs with -O) while
+    active, restored after. The first ``torch.compile`` in a process turns them off for good, and with them 13 aten
+    calls of each categorical policy step (the action's support check): the counts and times here must not depend on
+    whether something in the process compiled before."""
+    from torch.distributions import Distribution
+
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(enabled)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(before)
+
+
 def count_calls(fn: Callable[[], object]) -> int:
     """Aten operators one call of ``fn`` runs (see :class:`CallCounter`)."""
-    with CallCounter() as counter:
+    with distribution_checks(), CallCounter() as counter:
         fn()
     return counter.calls
 
@@ -148,7 +165,16 @@ def measure(backbones: list[str], sides: list[int], channels: int = 3, device: s
     """:class:`LoopCost` of every backbone at every side. Per side the backbones are timed in alternation, round by
     round (machine drift hits all alike); medians over ``rounds`` (the rollout time of a round is the mean of
     ``rollout_repeats`` calls). Ratios (``*_vs_first``) are against the first backbone at the same side. A backbone
-    name may carry options: ``"mobilenetv4_nano_rl[norm=gn]"`` (rlvision.runs' bracket syntax)."""
+    name may carry options: ``"mobilenetv4_nano_rl[norm=gn]"`` (rlvision.runs' bracket syntax). Measured with
+    torch.distributions' checks as torch sets them by default (:func:`distribution_checks`)."""
+    with distribution_checks():
+        rows = _measure(backbones, sides, channels, device, rounds, rollout_repeats, progress)
+    fit_overhead(rows)
+    return rows
+
+
+def _measure(backbones: list[str], sides: list[int], channels: int, device: str, rounds: int, rollout_repeats: int,
+             progress: Callable[[str], None] | None) -> list[LoopCost]:
     from .runs import parse_backbones
 
     dev = torch.device(device)
@@ -196,7 +222,6 @@ def measure(backbones: list[str], sides: list[int], channels: int = 3, device: s
             cost.per_1024_vs_first = cost.per_1024_ms / first.per_1024_ms
             cost.update_calls_vs_first = cost.update_calls / first.update_calls
             rows.append(cost)
-    fit_overhead(rows)
     return rows
 
 

@@ -48,13 +48,15 @@ def _isolated():
     Seeded: Python's ``random``, NumPy's global generator (SB3's replay buffers sample from it) and torch.
     Checked afterwards: ``torch.Tensor.backward`` (a profiler patches it while it runs), the working folder, the
     default dtype and autograd mode. Restored silently: torch's thread count (``--threads`` of the commands sets it
-    for the process)."""
+    for the process) and torch.distributions' argument checks (the first ``torch.compile`` in a process turns them
+    off for good, which changes how many operators a policy step runs)."""
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
     before = dict(backward=torch.Tensor.backward, cwd=os.getcwd(), dtype=torch.get_default_dtype(),
                   grad=torch.is_grad_enabled())
     threads = torch.get_num_threads()
+    validate = torch.distributions.Distribution._validate_args
     yield
     after = dict(backward=torch.Tensor.backward, cwd=os.getcwd(), dtype=torch.get_default_dtype(),
                  grad=torch.is_grad_enabled())
@@ -63,6 +65,7 @@ def _isolated():
     torch.set_default_dtype(before["dtype"])
     torch.set_grad_enabled(before["grad"])
     torch.set_num_threads(threads)
+    torch.distributions.Distribution.set_default_validate_args(validate)  # the first torch.compile turns it off
     changed = [key for key in before if after[key] != before[key]]
     if changed:
         pytest.fail(f"the test left global state changed (now restored): {changed}")

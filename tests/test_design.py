@@ -137,3 +137,16 @@ def test_block_backbone_in_a_policy_saves_and_loads_its_blocks(tmp_path):
     obs = env.reset()
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
     assert rlvision.backbone_info("mobilenetv4_blocks").family == "mobilenetv4"
+
+
+def test_call_counts_do_not_depend_on_an_earlier_torch_compile():
+    """The first torch.compile in a process turns torch.distributions' checks off for good (13 fewer aten calls per
+    categorical policy step); the instrument measures with torch's default whatever ran before, and leaves the
+    setting as it found it."""
+    from torch.distributions import Distribution
+
+    before = measure(["nature_cnn"], [40], rounds=1, rollout_repeats=1)[0]
+    Distribution.set_default_validate_args(False)  # what torch.compile leaves behind
+    after = measure(["nature_cnn"], [40], rounds=1, rollout_repeats=1)[0]
+    assert Distribution._validate_args is False
+    assert (after.update_calls, after.rollout_calls) == (before.update_calls, before.rollout_calls)

@@ -35,7 +35,7 @@ class FrozenEncoder(Encoder):
         self.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> FrozenEncoder:
-        return super().train(False)  # frozen: BatchNorm statistics never update
+        return super().train(False)  # nothing here trains: no head, and the backbone is frozen (Encoder's rules)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

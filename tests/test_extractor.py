@@ -150,20 +150,76 @@ def test_every_entry_point_defaults_to_the_one_default_encoder():
 
 
 def test_encoder_is_the_extractor_without_sb3():
-    """rlvision.extractors.Encoder: the same parts, state_dict keys and outputs as VisionExtractor, usable alone."""
-    from rlvision.extractors import Encoder
+    """rlvision.extractors.Encoder: the extractor's encoder (its keys under ``encoder.``), usable alone, same
+    outputs; keys of the layout before the Encoder was a submodule (no ``encoder.``) still load into the extractor."""
+    from rlvision.extractors import Encoder, EncoderConfig
 
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     extractor = rlvision.VisionExtractor(space, "mobilenetv4_nano_rl", features_dim=64, augment_shift=2)
     encoder = Encoder((4, 84, 84), "mobilenetv4_nano_rl", features_dim=64, augment_shift=2)
-    assert list(encoder.state_dict()) == list(extractor.state_dict())
-    encoder.load_state_dict(extractor.state_dict())
+    assert isinstance(extractor.encoder, Encoder) and extractor.backbone is extractor.encoder.backbone
+    assert ["encoder." + k for k in encoder.state_dict()] == list(extractor.state_dict())
+    encoder.load_state_dict(extractor.encoder.state_dict())
     x = torch.rand(3, 4, 84, 84)
     encoder.eval(), extractor.eval()
     with torch.no_grad():
         assert torch.allclose(encoder(x), extractor(x), atol=1e-6)
+    old_layout = {k.removeprefix("encoder."): v for k, v in extractor.state_dict().items()}
+    other = rlvision.VisionExtractor(space, "mobilenetv4_nano_rl", features_dim=64, augment_shift=2)
+    other.load_state_dict(old_layout)  # strict: every key mapped, none missing
+    other.eval()
+    with torch.no_grad():
+        assert torch.equal(other(x), extractor(x))
     headless = Encoder((4, 84, 84), "nature_cnn", features_dim=None)
     assert headless.out_features == 64 * 7 * 7 and headless(x).shape == (3, 64 * 7 * 7)
+    same = Encoder((4, 84, 84), EncoderConfig("nature_cnn", features_dim=None))
+    assert same.config == headless.config and same.config.options()["features_dim"] is None
+    with pytest.raises(TypeError, match="not both"):
+        Encoder((4, 84, 84), EncoderConfig("nature_cnn"), features_dim=8)
+    with pytest.raises(ValueError, match="'nrom' .did you mean 'norm'"):
+        Encoder((4, 84, 84), "mobilenetv4_nano_rl", nrom="gn")
+
+
+def test_encoder_alone_keeps_its_frozen_parts_in_eval_mode():
+    """Encoder owns its freeze rules: train() leaves a frozen backbone (and its BatchNorm statistics) alone."""
+    from rlvision.extractors import Encoder
+
+    encoder = Encoder((4, 84, 84), "mobilenetv4_nano_rl", features_dim=16, freeze_backbone=True).train()
+    assert encoder.training and encoder.linear.training and not encoder.backbone.training
+    before = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
+    encoder(torch.rand(8, 4, 84, 84))
+    assert all(torch.equal(before[k], v) for k, v in encoder.backbone.state_dict().items())
+    assert not any(p.requires_grad for p in encoder.backbone.parameters())
+    trainable = Encoder((4, 84, 84), "mobilenetv4_nano_rl", features_dim=16).train()
+    assert trainable.backbone.training
+
+
+def test_rollout_path_wraps_any_module_from_outside():
+    """RolloutPath knows nothing of SB3: around a plain Encoder it serves eval/no-grad calls from the folded twin
+    once active, everything else from the module; VisionExtractor has at most 8 named parameters."""
+    import inspect
+
+    from rlvision.extractors import Encoder, RolloutPath
+
+    encoder = Encoder((4, 84, 84), "mobilenetv4_nano_rl", features_dim=16)
+    with torch.no_grad():
+        encoder.train()(torch.rand(32, 4, 84, 84))  # running statistics that folding must carry
+    path = RolloutPath(encoder)
+    encoder.eval()
+    x = torch.rand(4, 4, 84, 84)
+    with torch.no_grad():
+        plain = path(x)
+        assert path.copy.syncs == 0  # not active yet: the module itself
+        path.active = True
+        fast = path(x)
+    assert path.copy.syncs == 1 and torch.allclose(plain, fast, atol=1e-5)
+    assert path(x).requires_grad and path.copy.syncs == 1  # autograd on: the module
+    assert RolloutPath(encoder, inference_copy=False).copy is None
+    with pytest.raises(ValueError, match="rollout_backend"):
+        RolloutPath(encoder, backend="tensorrt")
+    named = [p for p in inspect.signature(VisionExtractor.__init__).parameters.values()
+             if p.kind is not p.VAR_KEYWORD and p.name != "self"]
+    assert len(named) <= 8, [p.name for p in named]
 
 
 def test_weights_of_another_backbone_fail_with_how_to_load_them():

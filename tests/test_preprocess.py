@@ -174,8 +174,8 @@ def test_ppo_with_a_frozen_sr_stage_on_low_res_frames(tmp_path, device):
     before = {k: v.clone() for k, v in extractor.state_dict().items()}
     model.learn(128)
     after = extractor.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("preprocess."))
-    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder.preprocess."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder.backbone."))
     assert not stage.training and all(m.deploy for m in stage.modules() if isinstance(m, OmniShift))
     model.save(tmp_path / "ppo.zip")
     loaded = type(model).load(tmp_path / "ppo.zip", env=env, device=device)

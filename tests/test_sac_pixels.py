@@ -22,8 +22,8 @@ def test_layernorm_head_is_linear_layernorm_tanh_and_relu_stays_the_default():
     assert plain.head == "relu" and [type(m) for m in plain.linear] == [nn.Linear, nn.ReLU]
     extractor = rlvision.VisionExtractor(FRAMES, "mobilenetv4_nano_rl", head="layernorm", features_dim=32)
     assert [type(m) for m in extractor.linear] == [nn.Linear, nn.LayerNorm, nn.Tanh]
-    assert list(extractor.state_dict())[-4:] == ["linear.0.weight", "linear.0.bias", "linear.1.weight",
-                                                 "linear.1.bias"]
+    assert list(extractor.state_dict())[-4:] == ["encoder.linear.0.weight", "encoder.linear.0.bias",
+                                                 "encoder.linear.1.weight", "encoder.linear.1.bias"]
     with torch.no_grad():
         features = extractor(torch.rand(16, 3, 48, 48))
         normalised = extractor.linear[1](extractor.linear[0](extractor.pool(extractor.backbone.forward_features(

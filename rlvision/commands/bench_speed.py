@@ -118,22 +118,22 @@ def rollout_row(name: str, space: spaces.Box, batch: int, rounds: int, device: s
                inference_path_ms=round(times["fast"], 3), ratio=round(times["fast"] / times["plain"], 2))
     if cuda:
         row.update(cuda_graph_ms=round(times["graph"], 3), graph_ratio=round(times["graph"] / times["plain"], 3),
-                   graph_error=variants["graph"]._inference.graph_error or "")
+                   graph_error=variants["graph"].rollout.copy.graph_error or "")
     if "ort" in variants:
         ort = variants["ort"]
         with torch.no_grad():
             c = ort(checks)
-            ort._inference.mark_stale()  # as after an update: re-sync, then a new session with the new weights
+            ort.rollout.copy.mark_stale()  # as after an update: re-sync, then a new session with the new weights
             resync = timed(lambda: ort(obs))
         row.update(onnxruntime_ms=round(times["ort"], 3), ort_ratio=round(times["ort"] / times["plain"], 2),
                    ort_max_abs_diff=f"{(a - c).abs().max().item():.1e}",
                    ort_same_actions=f"{((a @ head).argmax(1) == (c @ head).argmax(1)).float().mean().item():.3f}",
                    ort_resync_ms=round(1000 * resync, 1),
-                   ort_export_s=round(ort._inference.runner.seconds["export"], 1),
-                   ort_graph="cache" if ort._inference.runner.cache_hits else "exported")
+                   ort_export_s=round(ort.rollout.copy.runner.seconds["export"], 1),
+                   ort_graph="cache" if ort.rollout.copy.runner.cache_hits else "exported")
     row.update(max_abs_diff=f"{(a - b).abs().max().item():.1e}",
                same_actions=f"{((a @ head).argmax(1) == (b @ head).argmax(1)).float().mean().item():.3f}",
-               folded_bn=len(fast._inference.folds), resync_ms=round(1000 * timed(fast._inference.sync), 2))
+               folded_bn=len(fast.rollout.copy.folds), resync_ms=round(1000 * timed(fast.rollout.copy.sync), 2))
     return row
 
 

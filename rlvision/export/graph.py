@@ -24,7 +24,7 @@ def _algo_name(model) -> str:
 def _folded_policy(model) -> nn.Module:
     """A CPU copy of the policy in eval mode whose rlvision extractors are their folded inference twins (BatchNorm in
     the convolutions, the plain forward: no inference-copy bookkeeping, no augmentation)."""
-    from ..extractors import VisionExtractor, _plain_forward
+    from ..extractors import VisionExtractor, _uncompiled
     from ..inference_copy import InferenceCopy
 
     source = model.policy  # rebuilt, not deep-copied: a policy keeps its last distribution (non-leaf tensors)
@@ -41,7 +41,7 @@ def _folded_policy(model) -> nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, VisionExtractor):
                 if id(child) not in folded:
-                    twin = InferenceCopy(child, channels_last=False, prepare=_plain_forward, cuda_graph=False)
+                    twin = InferenceCopy(child.encoder, channels_last=False, prepare=_uncompiled, cuda_graph=False)
                     twin.sync()
                     folded[id(child)] = twin.model
                 setattr(parent, name, folded[id(child)])

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,16 +60,17 @@ def _pending_logs(model: BaseAlgorithm) -> dict[str, float]:
 
 
 def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, keep: int = 3,
-                    elapsed_before: float = 0.0) -> str:
+                    elapsed_before: float = 0.0, extra: dict[str, Any] | None = None) -> str:
     """Write ``directory/step_<N>`` atomically (temporary folder, then rename); keep the newest ``keep``.
-    ``elapsed_before``: seconds trained by earlier segments of the run (a resumed run's clock goes on from there)."""
+    ``elapsed_before``: seconds trained by earlier segments of the run (a resumed run's clock goes on from there).
+    ``extra``: JSON-able state of the caller kept in ``meta.json`` (e.g. the learning curve so far)."""
     step = int(model.num_timesteps)
     elapsed = elapsed_before + max(time.time_ns() - model.start_time, 0) / 1e9 if model.start_time else elapsed_before
     final = os.path.join(directory, f"step_{step:012d}")
     tmp = os.path.join(directory, f".tmp-step_{step:012d}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_checkpoint(model, tmp, step, config_digest, elapsed)
+        _write_checkpoint(model, tmp, step, config_digest, elapsed, extra)
     except OSError as error:  # a full disk, a folder made read-only: nothing half-written stays
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(error.errno, f"could not write the checkpoint at step {step:,} in {directory} "
@@ -81,7 +83,8 @@ def save_checkpoint(model: BaseAlgorithm, directory: str, config_digest: str, ke
     return final
 
 
-def _write_checkpoint(model: BaseAlgorithm, tmp: str, step: int, config_digest: str, elapsed: float) -> None:
+def _write_checkpoint(model: BaseAlgorithm, tmp: str, step: int, config_digest: str, elapsed: float,
+                      extra: dict[str, Any] | None = None) -> None:
     """The files of a checkpoint, in the temporary folder ``tmp``."""
     os.makedirs(tmp)
     save_model(model, os.path.join(tmp, "model.zip"))  # with its manifest: it opens without unpickling
@@ -94,7 +97,8 @@ def _write_checkpoint(model: BaseAlgorithm, tmp: str, step: int, config_digest: 
              for name in sorted(os.listdir(tmp))}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(dict(step=step, config_hash=config_digest, algo=type(model).__name__, files=files,
-                       time_elapsed=round(elapsed, 3), pending_logs=_pending_logs(model)), f, indent=1)
+                       time_elapsed=round(elapsed, 3), pending_logs=_pending_logs(model), extra=extra or {}), f,
+                  indent=1)
         f.flush()
         os.fsync(f.fileno())
 
@@ -261,10 +265,12 @@ class CheckpointEvery(BaseCallback):
     """Save a checkpoint (:func:`save_checkpoint`) once ``every`` env steps have passed, at the start of the next
     rollout (after the update that followed the last one, so weights and step count agree), and when training ends."""
 
-    def __init__(self, every: int, directory: str, config_digest: str, keep: int = 3, elapsed_before: float = 0.0):
+    def __init__(self, every: int, directory: str, config_digest: str, keep: int = 3, elapsed_before: float = 0.0,
+                 extra: Callable[[], dict[str, Any]] | None = None):
         super().__init__()
         self.every, self.directory, self.config_digest, self.keep = every, directory, config_digest, keep
         self.elapsed_before = elapsed_before
+        self.extra = extra  # called at each save: JSON-able state kept in meta.json
         self.last: str | None = None
         self._saved_at = -1
 
@@ -276,7 +282,8 @@ class CheckpointEvery(BaseCallback):
         self.next = (self.num_timesteps // self.every + 1) * self.every
 
     def _save(self) -> None:
-        self.last = save_checkpoint(self.model, self.directory, self.config_digest, self.keep, self.elapsed_before)
+        self.last = save_checkpoint(self.model, self.directory, self.config_digest, self.keep, self.elapsed_before,
+                                    self.extra() if self.extra is not None else None)
         self._saved_at = self.num_timesteps
         self.next = (self.num_timesteps // self.every + 1) * self.every
 

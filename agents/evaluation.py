@@ -53,9 +53,20 @@ class PeriodicEvaluation(BaseCallback):
         self._next = 0
         self._start = 0.0
         self._eval_seconds = 0.0
+        self._seconds_before = 0.0
+
+    def train_seconds(self) -> float:
+        """Training wall-clock so far (evaluation excluded; a resumed run's earlier segments included)."""
+        return self._seconds_before + time.perf_counter() - self._start - self._eval_seconds
+
+    def restore(self, curve: list[dict[str, Any]], train_seconds: float) -> None:
+        """Go on from a checkpoint: the curve up to it and the training seconds it had; the next point is the next
+        multiple of ``every`` (no extra point where training resumes)."""
+        self.curve = [dict(point) for point in curve]
+        self._seconds_before = float(train_seconds)
 
     def _evaluate(self) -> None:
-        seconds = time.perf_counter() - self._start - self._eval_seconds
+        seconds = self.train_seconds()
         start = time.perf_counter()
         result = evaluate_agent(self.model, self.eval_env, self.n_episodes, self.deterministic)
         test = (evaluate_agent(self.model, self.test_env, self.n_episodes, self.deterministic)
@@ -79,7 +90,10 @@ class PeriodicEvaluation(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._start, self._eval_seconds = time.perf_counter(), 0.0
-        self._evaluate()
+        if self.curve:  # restored: the points up to the checkpoint are there
+            self._next = (self.num_timesteps // self.every + 1) * self.every
+        else:
+            self._evaluate()
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:

@@ -103,10 +103,12 @@ def attempt(log_dir: str, kill: str | None, duration: float, rng: random.Random)
 
 
 def csv_rows(run_dir: str) -> list[dict[str, str]]:
+    """SB3's rows, one per rollout (with time/iterations; the profiler's closing row of the last update's values
+    is not one)."""
     rows = []
     for path in glob.glob(os.path.join(run_dir, "progress*.csv")):
         with open(path) as f:
-            rows += list(csv.DictReader(f))
+            rows += [row for row in csv.DictReader(f) if row.get("time/iterations")]
     return rows
 
 

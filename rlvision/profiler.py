@@ -390,11 +390,16 @@ class ThroughputProfiler(BaseCallback):
 
     SB3 does not call a callback when ``learn`` raises: then call :meth:`close` (nothing global was touched; the
     timers on the model's own env, modules and optimizers stay until then), or profile with :func:`profile`.
+
+    ``closing_row``: when training ends, write what is pending (the last window, the last update's losses, which
+    SB3 itself never writes) as one more row at the final step; False leaves it pending (``rlvision train``: its
+    checkpoints carry pending values into the next segment, as SB3 would have written them).
     """
 
-    def __init__(self, min_record_s: float = 1.0, verbose: int = 0):
+    def __init__(self, min_record_s: float = 1.0, verbose: int = 0, closing_row: bool = True):
         super().__init__(verbose)
         self.min_record_s = min_record_s
+        self.closing_row = closing_row
         self.session: Profile | None = None
 
     @property
@@ -416,7 +421,9 @@ class ThroughputProfiler(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.close()
-        self.logger.dump(self.num_timesteps)  # SB3 dumps before training, so the last window would be lost
+        if self.closing_row:  # SB3 dumps before training, so the last window would be lost
+            self.logger.record("time/total_timesteps", self.num_timesteps)  # the closing row says its step (CSV)
+            self.logger.dump(self.num_timesteps)
 
     def close(self) -> None:
         """Stop the session and remove its timers (idempotent)."""

@@ -7,8 +7,9 @@ parameters, FLOPs, memory, returns and the learning curve. ``rlvision compare`` 
 runs a grid on Ray Tune, and tests call it directly; nothing here imports a script.
 
     from rlvision.runs import RunSpec, run
-    row = run(RunSpec(env="SyntheticPixel-v0", backbone="mobilenetv4_nano_rl", steps=4096, eval_every=1024,
-                      eval_episodes=8, env_kwargs={"size": 48, "grid": 4}))
+    result = run(RunSpec(env="SyntheticPixel-v0", backbone="mobilenetv4_nano_rl", steps=4096, eval_every=1024,
+                         eval_episodes=8, env_kwargs={"size": 48, "grid": 4}))
+    result.fps, result.eval_return, result.curve   # typed; result.row: every column, as tables store it
 
 Backbone entries are written ``name[key=value,...]`` (:func:`parse_backbones`): extractor and backbone options, plus
 the run options in :data:`RUN_OPTIONS`. This module uses rlvision.envs and rlvision.agents; ``import rlvision`` does
@@ -41,49 +42,63 @@ DEFAULT_STEPS = 20_000
 DIAGNOSTIC_COLUMNS = ("features_srank", "features_dormant", "grad_share")
 
 
+def _field(default: Any, text: str, minimum: int | None = None, choices: tuple = (), axis: bool = False):
+    """A RunSpec field with its help text (command flags, YAML keys and --help come from it), the smallest value an
+    int may take, the values a string may take, and whether it is a grid axis (commands that run several set it
+    per entry: compare --backbones, sweep --envs/--seeds/--algos)."""
+    meta = dict(help=text, minimum=minimum, choices=choices, axis=axis)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RunSpec:
-    """Everything one run needs.
+    """Everything one run needs: one description for ``rlvision train``, ``compare``, ``sweep`` and the library.
+    Every field's flag (``--n-envs``), YAML key (``n_envs``), help and default come from the field itself
+    (:func:`add_run_arguments`, :func:`run_settings`), so the three commands list the same settings with the same
+    defaults."""
 
-    :param env: a gymnasium id (rlvision.envs.make_env); ``env_kwargs``, ``low_res`` (shrink observations by this
-        factor), ``backend`` ("native" | "python" for Atari) and ``n_envs`` shape it.
-    :param algo: a name of rlvision.algorithms (``options["algo"]`` overrides it for one entry).
-    :param backbone: a registered backbone; ``options``: its extractor/backbone options and run options.
-    :param stage: a preprocessing stage ``name[:weights]`` run before the backbone (None or "none": no stage),
-        upscaling by ``preprocess_scale``.
-    :param hyperparams: over rlvision.agents.DEFAULTS[algo].
-    :param eval_episodes: episodes of the final evaluation (0: none), or of each evaluation with ``eval_every``.
-    :param test_env_kwargs: with ``eval_every``, a second evaluation env with these kwargs over ``env_kwargs`` (e.g.
-        Procgen's unseen levels, ``rlvision.envs.procgen.procgen_test_kwargs``): the curve gets ``test_return``, the
-        row ``test_return`` and ``generalization_gap`` (eval - test).
-    :param normalize_reward: train on rewards scaled by SB3's VecNormalize (observations untouched; evaluation on
-        the raw returns), as Procgen's PPO protocol does.
-    :param threads: torch threads (None: torch's choice); ``device``: "auto", "cpu", "cuda".
-    :param logdir: the TensorBoard folder (a run ``<logdir>/<label>``); None: no TensorBoard.
-    """
-
-    env: str = "ALE/Pong-v5"
-    backbone: str = DEFAULT_BACKBONE
-    options: dict[str, Any] = field(default_factory=dict)
-    algo: str = "ppo"
-    steps: int = DEFAULT_STEPS
-    n_envs: int = 8
-    seed: int = 0
-    hyperparams: dict[str, Any] = field(default_factory=dict)
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    low_res: int | None = None
-    backend: str = "native"
-    stage: str | None = None
-    preprocess_scale: int = 2
-    eval_episodes: int = 0
-    eval_every: int | None = None
-    test_env_kwargs: dict[str, Any] | None = None
-    normalize_reward: bool = False
-    device: str = "auto"
-    threads: int | None = None
-    logdir: str | None = None
-    progress: bool = False
-    measure_overhead: bool = False
+    env: str = _field("SyntheticPixel-v0", "a gymnasium id (rlvision.envs: Atari, MiniGrid, Procgen, the synthetic "
+                      "envs)", axis=True)
+    backbone: str = _field(DEFAULT_BACKBONE, "the encoder (rlvision.list_backbones())", axis=True)
+    options: dict[str, Any] = _field({}, "the encoder's options (EncoderConfig fields, backbone keywords) and run "
+                                     "options (encode_once, encoder_sharing), e.g. {norm: gn}", axis=True)
+    algo: str = _field("ppo", "ppo, a2c, dqn, sac, td3 or sb3-contrib's (rlvision.algorithms)", axis=True)
+    seed: int = _field(0, "seed of the agent and the envs", minimum=0, axis=True)
+    stage: str | None = _field(None, "a preprocessing stage name[:weights] run before the backbone (null: none)",
+                               axis=True)
+    steps: int = _field(DEFAULT_STEPS, "env steps to train", minimum=1)
+    n_envs: int = _field(8, "parallel envs", minimum=1)
+    hyperparams: dict[str, Any] = _field({}, "over rlvision.agents.DEFAULTS[algo] (a YAML mapping, e.g. "
+                                         "'{n_steps: 128}')")
+    env_kwargs: dict[str, Any] = _field({}, "keyword arguments of the env (a YAML mapping)")
+    frame_stack: int | None = _field(None, "frames stacked as channels (null: the env family's default)", minimum=1)
+    low_res: int | None = _field(None, "shrink observations by this factor (null: full resolution)", minimum=1)
+    backend: str = _field("native", "Atari: ale-py's C++ vector env (native) or SB3's Python wrappers (python)",
+                          choices=("native", "python"))
+    preprocess_scale: int = _field(2, "upscaling of the preprocessing stage", minimum=1)
+    normalize_reward: bool = _field(False, "train on rewards scaled by SB3's VecNormalize (evaluation on raw "
+                                    "returns), as Procgen's PPO protocol does")
+    eval_episodes: int = _field(10, "episodes of the final evaluation, or of each with eval_every (0: none)",
+                                minimum=0)
+    eval_every: int | None = _field(None, "also evaluate every so many env steps: a learning curve (null: only the "
+                                    "final evaluation)", minimum=1)
+    test_env_kwargs: dict[str, Any] | None = _field(None, "with eval_every, a second evaluation env with these "
+                                                    "kwargs over env_kwargs (e.g. Procgen's unseen levels): "
+                                                    "test_return and the generalisation gap")
+    check_nan: bool = _field(False, "wrap the env in SB3's VecCheckNan: stop at the first NaN or inf observation, "
+                             "reward or action")
+    checkpoint_every: int = _field(25_000, "env steps between checkpoints of a run that has a folder (rlvision "
+                                   "train: its run folder; sweep: OUT/checkpoints/<trial>; compare keeps none); a "
+                                   "rerun goes on from the newest complete one", minimum=1)
+    device: str = _field("auto", "auto (cuda if available), cpu or cuda")
+    threads: int | None = _field(None, "torch threads (null: torch's choice)", minimum=1)
+    logdir: str | None = field(default=None, metadata=dict(help="the TensorBoard folder (a run <logdir>/<label>); "
+                                                               "null: no TensorBoard", command=True))
+    progress: bool = field(default=False, metadata=dict(help="a progress bar", command=True))
+    measure_overhead: bool = field(default=False, metadata=dict(help="also time training without the profiler",
+                                                                command=True))
 
     @property
     def label(self) -> str:
@@ -94,6 +109,97 @@ class RunSpec:
 
     def replace(self, **changes: Any) -> RunSpec:
         return dataclasses.replace(self, **changes)
+
+
+# the run settings every command takes as the same flags with the same defaults (the fields that are not grid axes
+# and not a command's own output options)
+RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(RunSpec)
+                     if not f.metadata.get("axis") and not f.metadata.get("command"))
+# keys of older configs and their replacement: still read (with a note), the note names the new key
+RENAMED_KEYS = {"backbone_kwargs": "options", "features_dim": "options: {features_dim: N}"}
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(RunSpec)}
+
+
+def default_of(name: str) -> Any:
+    f = _fields()[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def field_help(name: str) -> str:
+    """A field's help with its default (JSON: null, {}, true)."""
+    import json
+
+    return f"{_fields()[name].metadata['help']} (default: {json.dumps(default_of(name))})"
+
+
+def add_run_arguments(parser, names: tuple[str, ...] = RUN_SETTINGS) -> None:
+    """One ``--flag`` per RunSpec field in ``names`` (``n_envs`` -> ``--n-envs``), in a "run settings" group, with the
+    field's help and default. Values are read as YAML (``--hyperparams '{n_steps: 64}'``, ``--low-res null``);
+    booleans are ``--x`` / ``--no-x``. A flag not given stays None (:func:`run_settings` leaves it out), so a
+    command can put it over a YAML config. One small function of ours rather than tyro or simple-parsing: the
+    commands keep argparse's ``rlvision CMD: error:`` messages and exit status, their grid options (lists) and
+    ``train``'s positional config, which those libraries would make us rewrite."""
+    import argparse
+
+    import yaml
+
+    group = parser.add_argument_group("run settings (the same for rlvision train, compare and sweep; YAML keys of "
+                                      "the same names)")
+    for name in names:
+        f = _fields()[name]
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default_of(name), bool):
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                               help=field_help(name))
+        else:
+            group.add_argument(flag, dest=name, type=yaml.safe_load, default=None, metavar=name.upper(),
+                               help=field_help(name) + (f"; one of {', '.join(f.metadata['choices'])}"
+                                                        if f.metadata.get("choices") else ""))
+
+
+def run_settings(args, names: tuple[str, ...] = RUN_SETTINGS) -> dict[str, Any]:
+    """The run settings given on the command line (flags left out are not in the dict)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def check_values(values: dict[str, Any], where: str = "", flags: bool = False) -> None:
+    """A ValueError naming the key (``flags``: as its flag, ``--n-envs``), what it must be and what it got, for each
+    RunSpec field in ``values`` of the wrong kind or out of range (checked before anything starts)."""
+    fields = _fields()
+    for name, value in values.items():
+        f = fields.get(name)
+        if f is None:
+            continue
+        default, meta = default_of(name), f.metadata
+        optional = "None" in str(f.type)
+        said = ("--" + name.replace("_", "-") if flags else repr(name)) + where
+        if value is None and optional:
+            continue
+        if isinstance(default, bool) or str(f.type) == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{said} must be true or false, got {value!r}.")
+        elif str(f.type).startswith("int"):
+            minimum = meta.get("minimum")
+            if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+                raise ValueError(f"{said} must be an int >= {minimum}{' or null' if optional else ''}, got {value!r}.")
+        elif str(f.type).startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError(f"{said} must be a mapping (YAML dict){' or null' if optional else ''}, got "
+                                 f"{value!r}.")
+        elif str(f.type).startswith("str"):
+            if not isinstance(value, str):
+                raise ValueError(f"{said} must be a string, got {value!r}.")
+            if meta.get("choices") and value not in meta["choices"]:
+                raise ValueError(f"{said} must be one of {', '.join(meta['choices'])}, got {value!r}.")
+
+
+def settings_help() -> str:
+    """The run settings with meaning and default, one per line (the same list every command's --help shows)."""
+    width = max(map(len, RUN_SETTINGS))
+    return "\n".join(f"  {name:<{width}}  {field_help(name)}" for name in RUN_SETTINGS)
 
 
 def parse_backbones(text: str) -> list[tuple[str, dict]]:
@@ -125,13 +231,26 @@ def check_entry(name: str, options: dict, algo: str, allow_algo_option: bool = T
     algorithm(options.get("algo", algo))
 
 
+def check_stage(stage: str | None) -> None:
+    """A ValueError (or FileNotFoundError) now, before anything trains, for an unknown preprocessing stage or a
+    missing or damaged weights file in ``name[:weights]``."""
+    if stage and stage != "none":
+        import rlvision
+        from rlvision.preprocess import read_preprocess_file
+
+        name, _, weights = stage.partition(":")
+        rlvision.preprocess_info(name)
+        if weights:
+            read_preprocess_file(weights)
+
+
 def make_env_for(spec: RunSpec, n_envs: int, seed: int, test: bool = False):
     """The run's env (``test``: with ``test_env_kwargs`` over ``env_kwargs``)."""
     from rlvision.envs import make_env
 
     env_kwargs = {**spec.env_kwargs, **(spec.test_env_kwargs or {})} if test else spec.env_kwargs
     return make_env(spec.env, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, low_res=spec.low_res,
-                    backend=spec.backend)
+                    backend=spec.backend, frame_stack=spec.frame_stack)
 
 
 def encoder_kwargs(spec: RunSpec, options: dict) -> dict:
@@ -158,12 +277,115 @@ def env_only_sps(spec: RunSpec, steps: int = 2000) -> float:
     return sps
 
 
-def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
-    """Train ``spec`` for ``spec.steps`` steps under the profiler and return its row. With ``spec.eval_every``,
-    evaluate every so many steps (``spec.eval_episodes`` episodes): the row gets the learning ``curve`` and each
-    point also goes to ``on_point`` (sweeps: Ray Tune's report)."""
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the run's main figures as typed fields, and ``row``, every column as tables, CSVs
+    and sweep trial files store it (the curve and the diagnostics history included).
+
+    :param label: the run's name (``RunSpec.label``); ``steps``, ``seconds``, ``fps``: what it trained and how fast.
+    :param params: parameters of the encoder; ``mflops``: its forward MFLOPs per observation.
+    :param phases: share of the wall time per profiler phase (rlvision.profiler.PHASES).
+    :param eval_return: the last evaluation's mean return (None without evaluation); ``test_return``: on the test
+        env (``RunSpec.test_env_kwargs``); ``success_rate`` where the env reports success.
+    :param curve: the evaluation points (``eval_every``); ``diagnostics``: the encoder diagnostics history.
+    """
+
+    label: str
+    steps: int
+    seconds: float
+    fps: float
+    params: int
+    mflops: float
+    phases: dict[str, float]
+    eval_return: float | None = None
+    test_return: float | None = None
+    success_rate: float | None = None
+    curve: list[dict] = field(default_factory=list)
+    diagnostics: list[dict] = field(default_factory=list)
+    row: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> RunResult:
+        from rlvision.profiler import PHASES
+
+        return cls(label=row["backbone"], steps=row["steps"], seconds=row["seconds"], fps=row["fps"],
+                   params=row["params"], mflops=row["mflops"], phases={p: row[p] for p in PHASES if p in row},
+                   eval_return=row.get("eval_return"), test_return=row.get("test_return"),
+                   success_rate=row.get("success_rate"), curve=row.get("curve") or [],
+                   diagnostics=row.get("diagnostics") or [], row=row)
+
+
+def build_env(spec: RunSpec):
+    """The vec env of a run: ``spec``'s env (with ``check_nan``: SB3's VecCheckNan; with ``encode_once``: the frozen
+    encoder's features; with ``normalize_reward``: SB3's VecNormalize over the rewards, the algorithm's gamma)."""
+    from rlvision.agents import DEFAULTS
+    from rlvision.encode import VecEncode
+    from stable_baselines3.common.vec_env import VecCheckNan, VecNormalize
+
+    options = dict(spec.options)
+    encode_once = options.pop("encode_once", False)
+    options.pop("encoder_sharing", None)
+    algo = options.pop("algo", spec.algo)
+    env = make_env_for(spec, spec.n_envs, spec.seed)
+    if spec.check_nan:
+        env = VecCheckNan(env, raise_exception=True)
+    if encode_once:
+        env = VecEncode(env, spec.backbone, device=spec.device, **options)
+    if spec.normalize_reward:
+        gamma = spec.hyperparams.get("gamma", DEFAULTS[algo].get("gamma", 0.99))
+        env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=gamma)
+    return env
+
+
+def build(spec: RunSpec, env=None):
+    """The env (:func:`build_env`, unless given) and the agent of a run, what :func:`run` trains: the algorithm with
+    the encoder, not yet trained and without a logger."""
+    from rlvision.agents import make_agent
+
+    options = dict(spec.options)
+    options.pop("encode_once", None)
+    sharing = {"encoder_sharing": options.pop("encoder_sharing")} if "encoder_sharing" in options else {}
+    algo = options.pop("algo", spec.algo)
+    features_dim = options.pop("features_dim", 256)
+    env = build_env(spec) if env is None else env
+    model = make_agent(algo, env, backbone=spec.backbone, features_dim=features_dim, seed=spec.seed,
+                       device=spec.device, backbone_kwargs=encoder_kwargs(spec, options), **sharing,
+                       **spec.hyperparams)
+    return env, model
+
+
+# what may change between a run and its resumption from a checkpoint (the rest must match: spec_digest)
+RESUMABLE_FIELDS = ("steps", "checkpoint_every", "threads", "device", "logdir", "progress", "measure_overhead")
+
+
+def spec_digest(spec: RunSpec) -> str:
+    """The digest a run's checkpoints carry: a rerun resumes only from checkpoints of the same run."""
+    from rlvision.agents.checkpoints import config_hash
+
+    return config_hash(dataclasses.asdict(spec), RESUMABLE_FIELDS)
+
+
+def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None, callbacks: list | None = None,
+        model=None, closing_row: bool = True, checkpoint_dir: str | None = None) -> RunResult:
+    """Train ``spec`` for ``spec.steps`` steps under the profiler and return its :class:`RunResult`. With
+    ``spec.eval_every``, evaluate every so many steps (``spec.eval_episodes`` episodes): the result gets the learning
+    ``curve`` and each point also goes to ``on_point`` (sweeps: Ray Tune's report); without it, a final evaluation of
+    ``spec.eval_episodes`` episodes. ``callbacks``: more SB3 callbacks (checkpoints, signals), run after the
+    profiler, the diagnostics and the evaluation.
+
+    ``model``: train this agent (built by :func:`build`, or loaded from a checkpoint: ``rlvision train --resume``)
+    with its env and logger, up to ``spec.steps`` in all (a loaded one goes on from its step count); the caller
+    keeps and closes its env. Default: :func:`build` makes both, and the run closes them. ``closing_row``: the
+    profiler's closing log row (rlvision.profiler.ThroughputProfiler).
+
+    ``checkpoint_dir``: a checkpoint there every ``spec.checkpoint_every`` steps and at the end (model, optimizer,
+    replay buffer, VecNormalize statistics, the learning curve so far: rlvision.agents.checkpoints), and a run that
+    finds a complete checkpoint of the same spec there (:func:`spec_digest`; ``steps`` may have grown) goes on from
+    it: the curve keeps its points, training seconds go on, TensorBoard points past it are dropped. The row says
+    ``resumed_from`` (the step; None for a fresh run); its phases and FPS are those of this segment."""
+    check_values(dataclasses.asdict(spec), " (RunSpec)")
     import rlvision
-    from rlvision.agents import DEFAULTS, PeriodicEvaluation, evaluate_agent, make_agent
+    from rlvision.agents import PeriodicEvaluation, evaluate_agent
     from rlvision.benchmark import count_flops
     from rlvision.diagnostics import EncoderDiagnostics
     from rlvision.encode import VecEncode
@@ -176,28 +398,41 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
         torch.set_num_threads(spec.threads)
     options = dict(spec.options)
     encode_once = options.pop("encode_once", False)
-    sharing = {"encoder_sharing": options.pop("encoder_sharing")} if "encoder_sharing" in options else {}
+    options.pop("encoder_sharing", None)
     algo = options.pop("algo", spec.algo)
-    env = make_env_for(spec, spec.n_envs, spec.seed)
-    obs = torch.as_tensor(env.observation_space.sample()[None], dtype=torch.float32) / 255
-    if encode_once:
-        env = VecEncode(env, spec.backbone, device=spec.device, **options)
-    if spec.normalize_reward:
-        from stable_baselines3.common.vec_env import VecNormalize
+    own_model = model is None
+    resumed, digest = None, spec_digest(spec)
+    if own_model:
+        found = None
+        if checkpoint_dir is not None and os.path.isdir(checkpoint_dir):
+            from rlvision.agents.checkpoints import latest_checkpoint
 
-        gamma = spec.hyperparams.get("gamma", DEFAULTS[algo].get("gamma", 0.99))
-        env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=gamma)
-    model = make_agent(algo, env, backbone=spec.backbone, seed=spec.seed, device=spec.device,
-                       backbone_kwargs=encoder_kwargs(spec, options), **sharing, **spec.hyperparams)
-    model.set_logger(configure_logger(os.path.join(spec.logdir, label) if spec.logdir else None,
-                                      ["tensorboard"] if spec.logdir else []))  # no "_1" suffix
+            found = latest_checkpoint(checkpoint_dir, digest, log=lambda *_: None)
+        if found is not None:
+            from rlvision.agents.checkpoints import checkpoint_meta, load_checkpoint, truncate_tensorboard
+
+            model = load_checkpoint(found, algo, build_env(spec), device=spec.device)
+            env, resumed = model.get_env(), checkpoint_meta(found)
+            if spec.logdir:  # the points the killed attempt logged past the checkpoint are logged again
+                truncate_tensorboard(os.path.join(spec.logdir, label), model.num_timesteps)
+        else:
+            env, model = build(spec)
+        model.set_logger(configure_logger(os.path.join(spec.logdir, label) if spec.logdir else None,
+                                          ["tensorboard"] if spec.logdir else []))  # no "_1" suffix
+    else:
+        env = model.get_env()
+    image_env = env  # the observation the encoder sees (under VecEncode: the images it encodes)
+    while encode_once and not isinstance(image_env, VecEncode):
+        image_env = image_env.venv
+    image_space = image_env.venv.observation_space if encode_once else env.observation_space
+    obs = torch.as_tensor(image_space.sample()[None], dtype=torch.float32) / 255
     # the encoder whose size is reported: the policy's first (SAC-style policies: the actor's; DQN: the Q network's)
     kinds = (rlvision.VisionExtractor, rlvision.VisionCombinedExtractor)
     encoder = env.encoder if encode_once else next(m for m in model.policy.modules() if isinstance(m, kinds))
     obs = obs.to(model.device)
-    profiler = ThroughputProfiler()
+    profiler = ThroughputProfiler(closing_row=closing_row)
     diagnostics = EncoderDiagnostics()  # encoder/ in TensorBoard: acting/learning gap, srank, dormant units, ...
-    callbacks, evaluation = [profiler, diagnostics], None
+    extra_callbacks, callbacks, evaluation = callbacks, [profiler, diagnostics], None
     if spec.eval_every:
         eval_env = make_env_for(spec, min(spec.eval_episodes, 8), spec.seed + 10_000)
         if encode_once:
@@ -210,13 +445,30 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
         evaluation = PeriodicEvaluation(eval_env, spec.eval_every, spec.eval_episodes, on_point=on_point,
                                         test_env=test_env)
         callbacks.append(evaluation)
-    start = time.perf_counter()
-    model.learn(spec.steps, callback=callbacks, progress_bar=spec.progress)
+    before = dict(resumed or {}).get("extra", {})
+    if evaluation is not None and before.get("curve"):
+        evaluation.restore(before["curve"], before.get("train_seconds", 0.0))
+    if checkpoint_dir is not None:
+        from rlvision.agents.checkpoints import CheckpointEvery
+
+        def state() -> dict:
+            return dict(curve=evaluation.curve, train_seconds=evaluation.train_seconds()) if evaluation else {}
+
+        callbacks.append(CheckpointEvery(spec.checkpoint_every, checkpoint_dir, digest, keep=2, extra=state,
+                                         elapsed_before=float((resumed or {}).get("time_elapsed", 0.0))))
+    callbacks += list(extra_callbacks or [])
+    start, first_step = time.perf_counter(), model.num_timesteps
+    model.learn(max(spec.steps - first_step, 0), callback=callbacks, progress_bar=spec.progress,
+                reset_num_timesteps=first_step == 0)
     seconds = time.perf_counter() - start
     s = profiler.summary()
     row = dict(backbone=label, params=sum(p.numel() for p in encoder.parameters()),
                mflops=round(count_flops(encoder, obs) / 1e6, 1), steps=model.num_timesteps,
-               seconds=round(seconds, 1), fps=round(model.num_timesteps / seconds, 1))
+               seconds=round(seconds, 1), fps=round((model.num_timesteps - first_step) / seconds, 1))
+    if checkpoint_dir is not None:
+        row["resumed_from"] = first_step if resumed else None
+        if resumed:  # wall seconds of the whole run: the earlier segments' too
+            row["seconds"] = round(seconds + float(resumed.get("time_elapsed", 0.0)), 1)
     if model.ep_info_buffer:  # SB3's rollout/ep_rew_mean at the end of training (last 100 episodes)
         row.update(ep_rew_mean=round(float(np.mean([e["r"] for e in model.ep_info_buffer])), 2),
                    episodes=len(model.ep_info_buffer))
@@ -260,7 +512,8 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
         eval_env.close()
     if spec.measure_overhead and not encode_once:
         row.update(measure_overhead(spec.replace(algo=algo, options=options)))
-    env.close()
+    if own_model:
+        env.close()
     if spec.logdir:  # the run's hyperparameters and summary in its own event file (TensorBoard's HPARAMS tab)
         from stable_baselines3.common.logger import HParam
 
@@ -273,10 +526,10 @@ def run(spec: RunSpec, on_point: Callable[[dict], None] | None = None) -> dict:
             model.logger.record(key, value, exclude=tensorboard_only)
         model.logger.dump(model.num_timesteps)
         model.logger.close()
-    return row
+    return RunResult.from_row(row)
 
 
-def run_isolated(spec: RunSpec) -> dict:
+def run_isolated(spec: RunSpec) -> RunResult:
     """:func:`run` in a fresh process, so its peak memory (``peak_memory_mb``: the process's peak resident memory,
     imports included) is this run's alone and not inflated by what earlier runs left cached."""
     import multiprocessing
@@ -288,13 +541,10 @@ def run_isolated(spec: RunSpec) -> dict:
 
 def measure_overhead(spec: RunSpec, chunks: int = 4) -> dict:
     """FPS with and without the profiler, training one model in alternating chunks so machine drift cancels."""
-    from rlvision.agents import make_agent
     from rlvision.profiler import ThroughputProfiler
     from stable_baselines3.common.logger import configure as configure_logger
 
-    env = make_env_for(spec, spec.n_envs, spec.seed)
-    model = make_agent(spec.algo, env, backbone=spec.backbone, seed=spec.seed, device=spec.device,
-                       backbone_kwargs=encoder_kwargs(spec, spec.options), **spec.hyperparams)
+    env, model = build(spec)
     model.set_logger(configure_logger(None, []))
     chunk = max(spec.steps // chunks, getattr(model, "n_steps", 1) * spec.n_envs)
     seconds = {True: 0.0, False: 0.0}

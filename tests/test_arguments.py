@@ -68,9 +68,10 @@ def test_bad_argument_is_named(case, env):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--steps", "0"], "--steps must be >= 1"),
-    (["--n-envs", "-2"], "--n-envs must be >= 1"),
-    (["--eval-episodes", "-1"], "--eval-episodes must be >= 0"),
+    (["--steps", "0"], "--steps must be an int >= 1, got 0"),
+    (["--n-envs", "-2"], "--n-envs must be an int >= 1, got -2"),
+    (["--eval-episodes", "-1"], "--eval-episodes must be an int >= 0, got -1"),
+    (["--backend", "cpp"], "--backend must be one of native, python, got 'cpp'"),
     (["--backbones", "mobilenetv4_nano_rl[nrom=gn]"], r"'nrom' \(did you mean 'norm'\?\)"),
     (["--backbones", "nature_cnn[algo=grapheppo]"], "Unknown algo 'grapheppo'. Did you mean graphedppo"),
     (["--algo", "ppo2"], "Unknown algo 'ppo2'"),
@@ -83,7 +84,8 @@ def test_compare_backbones_options_are_checked(argv, message, capsys):
 
 @pytest.mark.parametrize("override,message", [
     ("steps=0", "'steps' must be an int >= 1"), ("n_envs=two", "'n_envs' must be an int >= 1"),
-    ("backbone_kwargs=[1]", "'backbone_kwargs' must be a mapping"), ("learning_rat=1", "--set wants key=value"),
+    ("backbone_kwargs=[1]", "'backbone_kwargs' .now 'options'. must be a mapping"),
+    ("options=[1]", "'options' must be a mapping"), ("learning_rat=1", "--set wants key=value"),
 ])
 def test_train_config_values_are_checked(override, message):
     with pytest.raises(ValueError, match=message):

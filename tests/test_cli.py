@@ -110,3 +110,55 @@ def test_bench_help_names_the_files_it_writes():
     bench = _parser("bench")
     out = next(a for a in bench._actions if "--out" in a.option_strings)
     assert "bench.md" in out.help and "summary.md" not in out.help
+
+
+def test_train_compare_and_sweep_list_the_same_run_settings_from_runspec():
+    """One source (RunSpec's fields): the same flags, help and defaults in train, compare and sweep."""
+    import dataclasses
+
+    from rlvision.runs import RUN_SETTINGS, RunSpec
+
+    groups = {}
+    for name in ("train", "compare", "sweep"):
+        parser = _parser(name)
+        group = next(g for g in parser._action_groups if g.title.startswith("run settings"))
+        groups[name] = [(a.option_strings, a.help) for a in group._group_actions]
+    assert groups["train"] == groups["compare"] == groups["sweep"]
+    assert [flags[0] for flags, _ in groups["train"]] == ["--" + k.replace("_", "-") for k in RUN_SETTINGS]
+    spec = RunSpec()
+    for (_flags, text), key in zip(groups["train"], RUN_SETTINGS, strict=True):
+        value = getattr(spec, key)
+        shown = "null" if value is None else "false" if value is False else "{}" if value == {} else (
+            f'"{value}"' if isinstance(value, str) else str(value))
+        assert text.endswith(f"(default: {shown})") or f"(default: {shown});" in text, (key, text)
+    from rlvision.commands.train import DEFAULT_CONFIG
+    from rlvision.sweep.grid import SETTINGS
+
+    for key in RUN_SETTINGS:  # the config keys and the sweep's settings take RunSpec's defaults
+        assert DEFAULT_CONFIG[key] == SETTINGS[key] == getattr(spec, key), key
+    assert {f.name for f in dataclasses.fields(RunSpec)} >= set(DEFAULT_CONFIG) - {"checkpoint_every", "log_dir",
+                                                                                    "run_name", "export"}
+
+
+def test_an_old_train_config_keeps_working_and_resuming(tmp_path, capsys):
+    """backbone_kwargs and features_dim (train's keys before RunSpec) are read as options, with a note naming the
+    new key; the checkpoint digest of such a config is the one train computed before, so old runs still resume."""
+    from rlvision.agents.checkpoints import config_hash
+    from rlvision.commands.train import RESUMABLE_CHANGES, load_config, run_digest
+
+    path = tmp_path / "old.yaml"
+    path.write_text("env: SyntheticPixel-v0\nbackbone: mobilenetv4_nano_rl\nbackbone_kwargs: {norm: gn}\n"
+                    "features_dim: 128\nsteps: 1000\n")
+    cfg = load_config(str(path), [])
+    assert cfg["options"] == {"norm": "gn", "features_dim": 128} and "backbone_kwargs" not in cfg
+    err = capsys.readouterr().err
+    assert "'backbone_kwargs' is now 'options'" in err and "'features_dim' is now 'options: {features_dim: N}'" in err
+    # train's config as it was written before (issue 33): the same digest
+    legacy = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
+                  backbone="mobilenetv4_nano_rl", backbone_kwargs={"norm": "gn"}, features_dim=128, hyperparams={},
+                  steps=1000, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train", run_name=None,
+                  threads=None, device="auto", normalize_reward=False, export=None, check_nan=False)
+    assert run_digest(cfg) == config_hash(legacy, RESUMABLE_CHANGES)
+    assert run_digest({**cfg, "low_res": 2}) != run_digest(cfg)  # a new setting that changes the run counts
+    with pytest.raises(ValueError, match="'low_res' must be an int >= 1 or null, got 'x'"):
+        load_config(None, ["low_res=x"])

@@ -150,7 +150,9 @@ def test_run_evaluates_train_and_unseen_levels_with_the_papers_normalisation():
     spec = RunSpec(env="procgen/coinrun", backbone="nature_cnn", steps=512, n_envs=8, eval_every=256, eval_episodes=2,
                    env_kwargs=dict(num_levels=10), test_env_kwargs=procgen_test_kwargs(dict(num_levels=10)),
                    normalize_reward=True, hyperparams=dict(n_steps=32, batch_size=128, n_epochs=1))
-    row = run(spec)
+    result = run(spec)
+    row = result.row
+    assert result.curve is row["curve"] and result.test_return == row["test_return"]
     assert [p["steps"] for p in row["curve"]] == [0, 256, 512]
     for point in row["curve"]:
         assert {"test_return", "test_return_std", "eval_return_normalized", "test_return_normalized"} <= set(point)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlvision.agents.checkpoints import (check_checkpoint, config_hash, latest_checkpoint, load_checkpoint,
+from rlvision.agents.checkpoints import (check_checkpoint, latest_checkpoint, load_checkpoint,
                                          load_vecnormalize)
 from rlvision.envs import make_env
 from rlvision.commands import train
@@ -80,7 +80,7 @@ def test_resume_continues_from_the_saved_weights(tmp_path, algo):
     train.main(settings(tmp_path, algo, steps=128))
     run = tmp_path / "runs" / "r"
     cfg = train.load_config(None, [a for a in settings(tmp_path, algo, steps=128)[1::2]])
-    digest = config_hash(cfg, train.RESUMABLE_CHANGES)
+    digest = train.run_digest(cfg)
     latest = latest_checkpoint(str(run / "checkpoints"), digest)
     assert latest.endswith("step_000000000128")
     env = make_env(cfg["env"], n_envs=2, env_kwargs=cfg["env_kwargs"])
@@ -102,7 +102,7 @@ def test_corrupted_or_foreign_checkpoints_are_skipped(tmp_path, capsys):
     train.main(settings(tmp_path, steps=128))
     checkpoints = tmp_path / "runs" / "r" / "checkpoints"
     cfg = train.load_config(None, settings(tmp_path, steps=128)[1::2])
-    digest = config_hash(cfg, train.RESUMABLE_CHANGES)
+    digest = train.run_digest(cfg)
     newest = checkpoints / "step_000000000128"
     data = (newest / "model.zip").read_bytes()
     (newest / "model.zip").write_bytes(data[: len(data) // 2])  # a truncated write
@@ -111,7 +111,7 @@ def test_corrupted_or_foreign_checkpoints_are_skipped(tmp_path, capsys):
     assert "Skipping checkpoint" in capsys.readouterr().out
     result = train.main(settings(tmp_path, steps=160) + ["--resume"])
     assert result["resumed_from"] == 64
-    other = config_hash({**cfg, "backbone": "impala_cnn"}, train.RESUMABLE_CHANGES)
+    other = train.run_digest({**cfg, "backbone": "impala_cnn"})
     assert "another config" in check_checkpoint(str(checkpoints / "step_000000000064"), other)
     with pytest.raises(SystemExit) as exit_:
         train.main(settings(tmp_path, steps=256, backbone="impala_cnn") + ["--resume"])
@@ -184,14 +184,16 @@ def test_a_resume_logs_each_step_once(tmp_path):
 
 
 def csv_rows(*paths):
-    """{total_timesteps: {key: value}} over the CSV files, empty cells left out."""
+    """{total_timesteps: {key: value}} over the CSV files' rollout rows (SB3's, with time/iterations; the profiler's
+    closing row holds the last update's losses and the phase shares at the final step), empty cells left out."""
     import csv
 
     rows = {}
     for path in paths:
         with open(path) as f:
             for row in csv.DictReader(f):
-                rows[int(row["time/total_timesteps"])] = {k: v for k, v in row.items() if v != ""}
+                if row["time/iterations"]:
+                    rows[int(row["time/total_timesteps"])] = {k: v for k, v in row.items() if v != ""}
     return rows
 
 

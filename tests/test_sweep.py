@@ -138,7 +138,44 @@ def test_grid_gives_trial_records_and_run_specs_and_checks_before_anything_start
     assert runs[-1].options == {"norm": "phase_bn"} and runs[-1].seed == 1 and runs[-1].normalize_reward
     assert runs[-1].test_env_kwargs == {"start_level": 10} and runs[0].eval_every == max(512 // 10, 32 * 4)
     check_trials(trials)
-    with pytest.raises(ValueError, match="steps must be a number >= 1, got -5 .env 'SyntheticPixel-v0'"):
+    with pytest.raises(ValueError, match="'steps' .env 'SyntheticPixel-v0'. must be an int >= 1, got -5"):
         check_trials([dict(trials[0], steps=-5)])
+    assert set(first) == {"env", "algo", "backbone", "seed", "steps", "n_envs", "eval_every", "eval_episodes",
+                          "hyperparams", "env_kwargs", "threshold", "cpus", "gpu", "backend"}  # as sweeps wrote it
+    low, _ = grid({**spec, "low_res": 2, "stage": "bicubic"})  # RunSpec's other settings: in the record when set
+    assert low[0]["low_res"] == 2 and specs(low)[0].low_res == 2 and runs[0].threads == 1
+    assert specs(low)[0].stage == "bicubic" and runs[0].stage is None
     with pytest.raises(ValueError, match="unknown keys \\['stepz'\\]"):
         grid({**spec, "stepz": 5})
+
+
+def test_a_run_with_a_checkpoint_folder_goes_on_from_its_newest_checkpoint(tmp_path):
+    """rlvision.runs.run(checkpoint_dir=...): what a sweep trial killed with the sweep does when it runs again. The
+    curve keeps its points (none twice, none missing), training seconds go on, the weights are the checkpoint's."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from rlvision.runs import RunSpec, run
+
+    class Kill(BaseCallback):  # the sweep killed after the step-128 checkpoint, mid-way to 256
+        def _on_step(self):
+            if self.num_timesteps >= 192:
+                raise KeyboardInterrupt
+            return True
+
+    spec = RunSpec(env="SyntheticPixel-v0", env_kwargs={"size": 36, "grid": 3}, backbone="nature_cnn", n_envs=2,
+                   steps=256, eval_every=64, eval_episodes=2, checkpoint_every=64,
+                   hyperparams={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
+    folder = str(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, checkpoint_dir=folder, callbacks=[Kill()])
+    result = run(spec, checkpoint_dir=folder)
+    assert result.row["resumed_from"] == 128 and result.steps == 256
+    assert [p["steps"] for p in result.curve] == [0, 64, 128, 192, 256]
+    seconds = [p["seconds"] for p in result.curve]
+    assert seconds == sorted(seconds) and seconds[3] > seconds[2]
+    fresh = run(spec, checkpoint_dir=str(tmp_path / "other"))
+    assert fresh.row["resumed_from"] is None
+    again = run(spec.replace(steps=320), checkpoint_dir=folder)  # more steps: on from the final checkpoint
+    assert again.row["resumed_from"] == 256 and [p["steps"] for p in again.curve][-2:] == [256, 320]
+    other = run(spec.replace(seed=1), checkpoint_dir=folder)  # another run's checkpoints are not its own
+    assert other.row["resumed_from"] is None

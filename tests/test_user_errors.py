@@ -170,7 +170,8 @@ def test_compare_and_sweep_refuse_a_hyperparameter_typo_before_anything_starts(t
     with pytest.raises(SystemExit) as exit_:
         sweep.main(["--envs", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--steps", "-5",
                     "--out", str(tmp_path / "s")])
-    assert exit_.value.code == 2 and "steps must be a number >= 1, got -5" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "'steps' (env 'SyntheticPixel-v0') must be an int >= 1, got -5" in err
     assert os.listdir(tmp_path) == []
 
 

@@ -25,15 +25,14 @@ import time
 
 import numpy as np
 import torch
-import yaml
 
-import rlvision
 from rlvision.agents.factory import check_hyperparams
 from rlvision.algorithms import ALGORITHMS
 from rlvision.envs import check_env_id
-from rlvision.preprocess import read_preprocess_file
 from rlvision.profiler import PHASES
-from rlvision.runs import DEFAULT_STEPS, RunSpec, check_entry, env_only_sps, parse_backbones, run, run_isolated
+from rlvision.extractors import DEFAULT_BACKBONE
+from rlvision.runs import (RUN_SETTINGS, RunSpec, add_run_arguments, check_entry, check_stage, check_values, default_of,
+                           env_only_sps, field_help, parse_backbones, run, run_isolated, run_settings)
 from rlvision.stats import write_tables
 from rlvision.commands import command_parser
 
@@ -74,20 +73,17 @@ def save_outputs(rows: list[dict], args: argparse.Namespace, ceiling: float) -> 
 
 
 def spec_of(args: argparse.Namespace, name: str, options: dict, stage: str | None) -> RunSpec:
-    """The RunSpec of one entry of the comparison."""
-    return RunSpec(env=args.env, backbone=name, options=dict(options), algo=args.algo, steps=args.steps,
-                   n_envs=args.n_envs, seed=args.seed, hyperparams=args.hyperparams, env_kwargs=args.env_kwargs,
-                   low_res=args.low_res, backend=args.backend, stage=stage, preprocess_scale=args.preprocess_scale,
-                   eval_episodes=args.eval_episodes, eval_every=args.eval_every, device=args.device,
-                   threads=args.threads, logdir=args.logdir, progress=not args.no_progress,
-                   measure_overhead=args.measure_overhead)
+    """The RunSpec of one entry of the comparison: the run settings from the flags (RunSpec's defaults where none
+    was given), the entry's backbone, options and stage."""
+    return RunSpec(env=args.env, backbone=name, options=dict(options), algo=args.algo, seed=args.seed, stage=stage,
+                   logdir=args.logdir, progress=not args.no_progress, measure_overhead=args.measure_overhead,
+                   **run_settings(args))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = command_parser("compare", __doc__)
-    parser.add_argument("--env", default="ALE/Pong-v5", help="gymnasium env id (default: ALE/Pong-v5)")
-    parser.add_argument("--env-kwargs", type=yaml.safe_load, default={}, help="YAML dict, e.g. '{size: 48}'")
-    parser.add_argument("--backbones", default="nature_cnn,mobilenetv4_nano_rl",
+    parser.add_argument("--env", default=default_of("env"), help=field_help("env"))
+    parser.add_argument("--backbones", default=f"nature_cnn,{DEFAULT_BACKBONE}",
                         help="comma-separated names, each with optional extractor/backbone options in brackets, e.g. "
                              "'nature_cnn[channels_last=false,inference_copy=false],mobilenetv4_nano_rl[norm=gn]', "
                              "'mnv4_conv_small[pretrained=model.safetensors,freeze_backbone=true]', or "
@@ -97,23 +93,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--preprocess", default="none",
                         help="comma-separated stages name[:weights] run before each backbone, e.g. "
                              "'bicubic,flexnet_rl:runs/sr/flexnet_rl-x2-SyntheticPixel-v0/weights.pt'")
-    parser.add_argument("--preprocess-scale", type=int, default=2, help="upscaling of the preprocessing stage")
-    parser.add_argument("--low-res", type=int, default=None,
-                        help="shrink observations by this factor (default: none, full resolution)")
-    parser.add_argument("--backend", default="native", choices=["native", "python"],
-                        help="Atari: ale-py's C++ vector env (native) or SB3's Python wrappers")
-    parser.add_argument("--device", default="auto", help="torch device for the agent (auto: cuda if available)")
-    parser.add_argument("--algo", default="ppo", help=f"algorithm: {', '.join(ALGORITHMS)} (default: ppo)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="env steps per backbone")
-    parser.add_argument("--n-envs", type=int, default=8, help="parallel envs (default: 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
-    parser.add_argument("--hyperparams", type=yaml.safe_load, default={}, help="YAML dict over agents.DEFAULTS")
-    parser.add_argument("--eval-episodes", type=int, default=0, help="episodes of the final (or each) evaluation")
-    parser.add_argument("--eval-every", type=int, default=None,
-                        help="also evaluate every so many env steps (a learning curve; needs --eval-episodes; "
-                             "default: only the final evaluation)")
+    parser.add_argument("--algo", default=default_of("algo"), help=f"algorithm: {', '.join(ALGORITHMS)}")
+    parser.add_argument("--seed", type=int, default=default_of("seed"), help="seed of every run")
+    add_run_arguments(parser)
     parser.add_argument("--measure-overhead", action="store_true", help="also time training without the profiler")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--logdir", default=None, help="default: runs/compare-<env>-<time>")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true",
@@ -124,13 +107,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     backbones = parse_backbones(args.backbones)
     stages = [p.strip() for p in args.preprocess.split(",") if p.strip()]
-    for option in ("steps", "n_envs"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
-    if args.eval_episodes < 0:
-        parser.error(f"--eval-episodes must be >= 0, got {args.eval_episodes}")
-    if args.eval_every is not None and (args.eval_every < 1 or not args.eval_episodes):
-        parser.error("--eval-every must be >= 1 and needs --eval-episodes >= 1")
+    try:
+        check_values(run_settings(args), flags=True)
+        settings = RunSpec(**run_settings(args))  # every setting with its default filled in
+        if settings.eval_every is not None and not settings.eval_episodes:
+            raise ValueError("--eval-every needs --eval-episodes >= 1")
+    except ValueError as error:
+        parser.error(str(error))
+    for key in RUN_SETTINGS:  # the flags not given take RunSpec's defaults
+        setattr(args, key, getattr(settings, key))
     for name, options in backbones:  # unknown names, options, algos, hyperparameters fail now, not after training
         try:
             check_entry(name, options, args.algo)
@@ -140,11 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         check_env_id(args.env)
         for stage in stages:  # damaged weight files fail now, not after the entries before them have trained
-            if stage != "none":
-                name, _, weights = stage.partition(":")
-                rlvision.preprocess_info(name)
-                if weights:
-                    read_preprocess_file(weights)
+            check_stage(stage)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     if args.threads:
@@ -170,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             algo = spec.options.get("algo", spec.algo).upper()
             print(f"== {spec.backbone} {spec.options or ''} ({spec.stage}): {algo} on {spec.env}, {spec.steps} steps, "
                   f"{spec.n_envs} envs", flush=True)
-            rows.append(run_isolated(spec) if args.process_per_run else run(spec))
+            rows.append((run_isolated(spec) if args.process_per_run else run(spec)).row)
             rows[-1].pop("diagnostics", None)
             curve = rows[-1].pop("curve", None)
             if curve:

@@ -6,7 +6,10 @@
     rlvision sweep --config ... --address auto --gpu 0.25   # on a running Ray cluster, 4 trials per GPU
 
 1. The grid: envs x backbones (``name[k=v]`` variants as in ``rlvision compare``) x seeds x algos, from the command
-   line or a YAML file (per-env hyperparameters, env kwargs, step budget and return threshold).
+   line or a YAML file (per-env hyperparameters, env kwargs, step budget and return threshold). The run settings
+   are RunSpec's, as in ``rlvision train`` and ``compare`` (same flags, YAML keys and defaults); a sweep always
+   evaluates: ``eval_every`` null means a tenth of the steps (at least one rollout), and ``threads``/``device`` follow
+   ``cpus``/``gpu`` unless given.
 2. Each trial is one profiled training run, :func:`rlvision.runs.run` of a RunSpec (the same code path as
    ``rlvision compare``), with an evaluation
    every ``eval_every`` env steps reported to Tune. Resources per trial: ``cpus`` (also its torch threads, so
@@ -14,7 +17,8 @@
    and runs trials in parallel up to the cores; ``--address auto`` joins a running cluster.
 3. Failed trials are retried (``--max-failures``) and reported. A killed sweep resumes when the same command runs
    again: Tune restores its experiment from ``OUT/tune``; finished trials (``OUT/trials/*.json``) are never re-run,
-   unfinished ones start over.
+   unfinished ones go on from their newest checkpoint (``OUT/checkpoints/<trial>/``, every ``checkpoint_every``
+   steps, with the learning curve so far).
 4. Results: per trial a TensorBoard run under ``OUT/tb`` and its row with the curve in ``OUT/trials/*.json``;
    ``OUT/summary.md`` / ``summary.csv`` per env, algo and backbone (final return: mean and 95% bootstrap CI over
    seeds, IQM with >= 4 seeds, FPS, steps and seconds to the return threshold, parameters, FLOPs, the largest
@@ -34,6 +38,7 @@ import time
 import yaml
 
 from rlvision.commands import command_parser
+from rlvision.runs import add_run_arguments
 from rlvision.stats import markdown_table, summarize, write_tables
 from rlvision.sweep.grid import ENV_KEYS, GRID_KEYS, SETTINGS, check_trials, default_eval_every, grid, trial_file
 from rlvision.sweep.plots import band, plot_curves, plot_diagnostics
@@ -79,16 +84,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                              "compare (default: from --config)")
     parser.add_argument("--seeds", help="comma-separated ints (default 0)")
     parser.add_argument("--algos", help="comma-separated (default ppo)")
-    parser.add_argument("--steps", type=int, help=f"env steps per trial (default {SETTINGS['steps']})")
-    parser.add_argument("--n-envs", type=int, help=f"parallel envs per trial (default {SETTINGS['n_envs']})")
-    parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default steps / 10)")
-    parser.add_argument("--eval-episodes", type=int,
-                        help=f"episodes per evaluation (default {SETTINGS['eval_episodes']})")
     parser.add_argument("--threshold", type=float,
                         help="return threshold for 'steps to threshold' (every env; default: none, no such column)")
-    parser.add_argument("--hyperparams", type=yaml.safe_load,
-                        help="YAML dict over rlvision.agents.DEFAULTS (default: {})")
-    parser.add_argument("--env-kwargs", type=yaml.safe_load, help="YAML dict for every env (default: {})")
+    parser.add_argument("--stage", help="a preprocessing stage name[:weights] before every backbone (default: none)")
+    add_run_arguments(parser)
     parser.add_argument("--cpus", type=int, help="CPUs (= torch threads) per trial (default 1)")
     parser.add_argument("--gpu", type=float, help="GPU fraction per trial, e.g. 0.25 (default 0: CPU)")
     parser.add_argument("--max-failures", type=int, help="retries of a failed trial (default 2)")

@@ -33,46 +33,35 @@ import time
 
 import torch
 import yaml
-from stable_baselines3.common.vec_env import VecCheckNan, VecNormalize
 from stable_baselines3.common.logger import configure as configure_logger
 
-from rlvision.agents import evaluate_agent, make_agent
-from rlvision.diagnostics import EncoderDiagnostics
+from rlvision.agents import evaluate_agent
 from rlvision.agents.checkpoints import (CheckpointEvery, ContinuedLogger, NonFiniteError, PreemptedError,
                                          StopOnNonFinite, StopOnSignal, checkpoint_meta, config_hash,
                                          latest_checkpoint, load_checkpoint, save_checkpoint, truncate_tensorboard)
 from rlvision.agents.factory import DEFAULTS, check_hyperparams, check_replay_buffer
-from rlvision.envs import check_env_id, make_env
-from rlvision.extractors import DEFAULT_BACKBONE
+from rlvision.envs import check_env_id
 from rlvision.model_files import UntrustedModelError
 from rlvision.model_files import save as save_model
-from rlvision.runs import DEFAULT_STEPS, check_entry
+from rlvision.runs import (RENAMED_KEYS, RUN_SETTINGS, RunSpec, add_run_arguments, build, build_env, check_entry,
+                           check_stage, check_values, default_of, field_help, make_env_for, run, run_settings)
 from rlvision.commands import command_parser
 
-DEFAULT_CONFIG = dict(env="SyntheticPixel-v0", env_kwargs={}, n_envs=8, frame_stack=None, algo="ppo",
-                      backbone=DEFAULT_BACKBONE, backbone_kwargs={}, features_dim=256, hyperparams={},
-                      steps=DEFAULT_STEPS, seed=0, eval_episodes=20, checkpoint_every=25_000, log_dir="runs/train",
-                      run_name=None, threads=None, device="auto", normalize_reward=False, export=None,
-                      check_nan=False)
+# the run's keys: RunSpec's fields (rlvision.runs, the same as compare's and sweep's flags), then train's own
+RUN_KEYS = ("env", "backbone", "options", "algo", "seed", "stage", *RUN_SETTINGS)
+TRAIN_HELP = dict(
+    log_dir="folder of the runs",
+    run_name="the run's folder name (null: algo_backbone_env_s<seed>)",
+    export="onnx or torchscript: the policy as a file at the end (null: no)")
+DEFAULT_CONFIG = {**{key: default_of(key) for key in RUN_KEYS},
+                  **dict(log_dir="runs/train", run_name=None, export=None)}
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
 RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name",
                      "export", "check_nan")
 EXPORT_FORMATS = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 # what each key of a config means (train --help lists them with their defaults)
-CONFIG_HELP = dict(
-    env="a gymnasium id (rlvision.envs: Atari, MiniGrid, the synthetic envs, ...)",
-    env_kwargs="keyword arguments of the env (a mapping)", n_envs="parallel envs",
-    frame_stack="frames stacked as channels (null: the env family's default)",
-    algo="ppo, a2c, dqn, sac, td3, or sb3-contrib's (rlvision.algorithms)",
-    backbone="the encoder (rlvision.list_backbones(); the default encoder: rlvision.DEFAULT_BACKBONE)",
-    backbone_kwargs="the encoder's options, e.g. {norm: gn} (a mapping)", features_dim="size of the features",
-    hyperparams="over rlvision.agents.DEFAULTS[algo] (a mapping)", steps="env steps to train", seed="seed",
-    eval_episodes="episodes of the final evaluation (0: none)", checkpoint_every="env steps between checkpoints",
-    log_dir="folder of the runs", run_name="the run's folder name (null: algo_backbone_env_s<seed>)",
-    threads="torch threads (null: torch's choice)", device="auto, cpu or cuda",
-    normalize_reward="VecNormalize the rewards",
-    export="onnx or torchscript: the policy as a file at the end (null: no)",
-    check_nan="wrap the env in SB3's VecCheckNan: stop at the first NaN or inf observation, reward or action")
+CONFIG_HELP = {**{key: field_help(key) for key in RUN_KEYS},
+               **{key: f"{text} (default: {json.dumps(DEFAULT_CONFIG[key])})" for key, text in TRAIN_HELP.items()}}
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -95,8 +84,7 @@ def config_path(name: str) -> str:
 def keys_help() -> str:
     """The config keys with their meaning and default, for --help."""
     width = max(map(len, DEFAULT_CONFIG))
-    lines = [f"  {key:<{width}}  {CONFIG_HELP[key]} (default: {json.dumps(value)})"
-             for key, value in DEFAULT_CONFIG.items()]
+    lines = [f"  {key:<{width}}  {CONFIG_HELP[key]}" for key in DEFAULT_CONFIG]
     return ("config keys:\n" + "\n".join(lines) + "\n\nshipped configs (rlvision train NAME): "
             + ", ".join(shipped_configs()))
 
@@ -140,37 +128,65 @@ def _with_matches(keys) -> list[str]:
     return hints
 
 
-def load_config(path: str | None, overrides: list[str]) -> dict:
-    """The YAML file (a path, or the name of a shipped config) over DEFAULT_CONFIG, then ``key=value`` overrides
-    (values parsed as YAML). A ValueError names an unknown key (with the closest known one) or a value of the wrong
-    kind."""
+def load_config(path: str | None, overrides: list[str], flags: dict | None = None) -> dict:
+    """The YAML file (a path, or the name of a shipped config) over DEFAULT_CONFIG, then the run-setting flags
+    (``--steps 5000``), then ``key=value`` overrides (values parsed as YAML). Keys of older configs
+    (RENAMED_KEYS: ``backbone_kwargs``, ``features_dim``) are read into their replacement with a note naming it. A
+    ValueError names an unknown key (with the closest known one) or a value of the wrong kind."""
     config = dict(DEFAULT_CONFIG)
+    given: dict = {}
     if path:
         path = config_path(path)
         with open(path) as f:
             loaded = yaml.safe_load(f) or {}
-        unknown = set(loaded) - set(DEFAULT_CONFIG)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} is not a YAML mapping of config keys.")
+        unknown = set(loaded) - set(DEFAULT_CONFIG) - set(RENAMED_KEYS)
         if unknown:
             raise ValueError(f"Unknown config keys {_with_matches(unknown)} in {path}; known: {sorted(DEFAULT_CONFIG)}")
-        config.update(loaded)
+        given.update(loaded)
+    given.update(flags or {})
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or key not in DEFAULT_CONFIG:
+        if not sep or key not in set(DEFAULT_CONFIG) | set(RENAMED_KEYS):
             raise ValueError(f"--set wants key=value with key in {sorted(DEFAULT_CONFIG)}, got {item!r}"
                              + (f" ({_with_matches([key])[0]})" if sep else ""))
-        config[key] = yaml.safe_load(value)
-    for key, minimum in (("steps", 1), ("n_envs", 1), ("checkpoint_every", 1), ("eval_episodes", 0),
-                         ("features_dim", 1)):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"Config key {key!r} must be an int >= {minimum}, got {value!r}.")
+        given[key] = yaml.safe_load(value)
+    for old, new in RENAMED_KEYS.items():  # older configs keep working; the note says what to write instead
+        if old in given:
+            value = given.pop(old)
+            print(f"rlvision train: note: config key {old!r} is now {new!r}; read as such.", file=sys.stderr)
+            if old == "features_dim":
+                value = {"features_dim": value}
+            if not isinstance(value, dict):
+                raise ValueError(f"Config key {old!r} (now {new!r}) must be a mapping (YAML dict), got {value!r}.")
+            given["options"] = {**given.get("options", {}), **value}
+    config.update(given)
+    check_values(config)
     if config["export"] is not None and config["export"] not in EXPORT_FORMATS:
         raise ValueError(f"Config key 'export' must be one of {sorted(EXPORT_FORMATS)} or null, got "
                          f"{config['export']!r}.")
-    for key in ("env_kwargs", "backbone_kwargs", "hyperparams"):
-        if not isinstance(config[key], dict):
-            raise ValueError(f"Config key {key!r} must be a mapping (YAML dict), got {config[key]!r}.")
     return config
+
+
+# RunSpec fields that train's config did not have before it was a RunSpec: left out of the checkpoint digest while
+# they hold their default, so a run started before still resumes
+_NEW_KEYS = ("low_res", "backend", "preprocess_scale", "eval_every", "test_env_kwargs", "stage")
+
+
+def run_digest(cfg: dict) -> str:
+    """The checkpoint digest of a config: what must match for --resume (RESUMABLE_CHANGES may differ), in the
+    layout train's configs had before RunSpec (``backbone_kwargs``, ``features_dim``), so their checkpoints match."""
+    legacy = {k: v for k, v in cfg.items() if k != "options" and (k not in _NEW_KEYS or v != default_of(k))}
+    options = dict(cfg["options"])
+    legacy["features_dim"] = options.pop("features_dim", 256)
+    legacy["backbone_kwargs"] = options
+    return config_hash(legacy, RESUMABLE_CHANGES)
+
+
+def spec_of(cfg: dict, progress: bool) -> RunSpec:
+    """The RunSpec of a config (its run keys; checkpoints, folders and export are train's)."""
+    return RunSpec(**{key: cfg[key] for key in RUN_KEYS}, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -179,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("config", nargs="?",
                         help="a YAML file, or the name of a shipped config (default: none, the keys' defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set steps=100000 (default: none)")
+                        help="override any config key, e.g. --set steps=100000 (default: none)")
+    add_run_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--resume", action="store_true",
                         help="continue the newest complete checkpoint of this run (same config)")
@@ -188,29 +205,33 @@ def main(argv: list[str] | None = None) -> dict:
                              "for files you trust; rlvision's own checkpoints never need it)")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set, run_settings(args))
     except (ValueError, FileNotFoundError, yaml.YAMLError) as error:  # one status and prefix for every user error
         parser.error(str(error))
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
+    spec = spec_of(cfg, progress=not args.no_progress)
 
     try:  # everything a typo can break, before any folder or file is made
         check_env_id(cfg["env"])
-        check_entry(cfg["backbone"], dict(cfg["backbone_kwargs"]), cfg["algo"], allow_algo_option=False)
+        check_entry(cfg["backbone"], dict(cfg["options"]), cfg["algo"], allow_algo_option=False)
         check_hyperparams(cfg["algo"], cfg["hyperparams"])
+        check_stage(cfg["stage"])
+        if cfg["eval_every"] is not None and not cfg["eval_episodes"]:
+            raise ValueError("eval_every needs eval_episodes >= 1")
         if cfg["export"] == "onnx":
             import importlib.util
 
             if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript")):
                 raise ValueError("export: onnx needs onnx, onnxruntime and onnxscript: pip install 'rlvision[export]' "
                                  "(or export: torchscript).")
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
 
     run_name = cfg["run_name"] or f"{cfg['algo']}_{cfg['backbone']}_{cfg['env'].replace('/', '-')}_s{cfg['seed']}"
     run_dir = os.path.join(cfg["log_dir"], run_name)
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    digest = config_hash(cfg, RESUMABLE_CHANGES)
+    digest = run_digest(cfg)
     results_path = os.path.join(run_dir, "results.json")
     if args.resume and os.path.exists(results_path):  # a finished run: say so and change nothing
         with open(results_path) as f:
@@ -236,21 +257,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"cannot write the run folder {run_dir} ({error.strerror or error}); pass a writable log_dir "
                      f"(--set log_dir=...).")
 
-    # 1. Environments: training copies and one separate evaluation copy.
-    env = make_env(cfg["env"], n_envs=cfg["n_envs"], seed=cfg["seed"], frame_stack=cfg["frame_stack"],
-                   env_kwargs=cfg["env_kwargs"])
-    eval_env = make_env(cfg["env"], n_envs=1, seed=cfg["seed"] + 10_000, frame_stack=cfg["frame_stack"],
-                        env_kwargs=cfg["env_kwargs"])
-    if cfg["check_nan"]:
-        env = VecCheckNan(env, raise_exception=True)
-    if cfg["normalize_reward"]:
-        env = VecNormalize(env, norm_obs=False, norm_reward=True)
+    # 1. Environments: the run's (rlvision.runs.build_env) and one separate evaluation copy.
+    env = build_env(spec)
+    eval_env = make_env_for(spec, 1, cfg["seed"] + 10_000)
 
-    # 2. The agent, with the rlvision encoder, logging to TensorBoard under run_dir.
+    # 2. The agent, with the rlvision encoder, logging to TensorBoard and progress.csv under run_dir.
     if checkpoint is None:
-        model = make_agent(cfg["algo"], env, backbone=cfg["backbone"], features_dim=cfg["features_dim"],
-                           backbone_kwargs=cfg["backbone_kwargs"], seed=cfg["seed"], device=cfg["device"],
-                           **cfg["hyperparams"])
+        env, model = build(spec, env)
     else:  # the same memory check as a new run, then weights, optimizer, step count, buffer, VecNormalize
         params = {**DEFAULTS[cfg["algo"]], **cfg["hyperparams"]}
         if "buffer_size" in params:
@@ -260,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
         except UntrustedModelError as error:
             parser.error(str(error).replace("trust=True) (the command line: --trust-file)", "trust=True): pass "
                                             "--trust-file"))
+        env = model.get_env()
         print(f"Resuming {run_dir} from {checkpoint} (step {model.num_timesteps:,}).")
     if new_segment(run_dir, model.num_timesteps) and checkpoint is None:
         print(f"{run_dir}: an earlier attempt left no checkpoint; its TensorBoard points were dropped (its CSV "
@@ -272,25 +286,28 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{cfg['algo'].upper()} + {cfg['backbone']} on {cfg['env']} {env.observation_space.shape}: "
           f"{sum(p.numel() for p in model.policy.parameters()):,} policy parameters -> {run_dir}")
 
-    # 3. Train, with checkpoints every `checkpoint_every` steps.
+    # 3. Train (rlvision.runs.run: the profiler, the encoder diagnostics, the evaluation curve with eval_every), with
+    # checkpoints every `checkpoint_every` steps.
     elapsed_before = float(checkpoint_meta(checkpoint).get("time_elapsed", 0.0)) if checkpoint else 0.0
     checkpoints = CheckpointEvery(cfg["checkpoint_every"], checkpoint_dir, digest, elapsed_before=elapsed_before)
     start, first_step = time.perf_counter(), model.num_timesteps
     stop = StopOnSignal(checkpoints)  # SIGTERM / SIGINT: a checkpoint at the next rollout start, then exit
     resume_command = "rlvision train " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                            else sys.argv[1:]) if a != "--resume")
+    # the final evaluation is train's own (deterministic actions, after the model is saved); with eval_every the
+    # run's curve is the evaluation
+    run_spec = spec if cfg["eval_every"] else spec.replace(eval_episodes=0)
     try:
         with stop:
             try:  # on resume: the remaining steps, in the same TensorBoard run, with the step count and schedules
-                model.learn(max(cfg["steps"] - model.num_timesteps, 0), progress_bar=not args.no_progress,
-                            callback=[StopOnNonFinite(), checkpoints, stop, EncoderDiagnostics()],
-                            reset_num_timesteps=checkpoint is None)
+                outcome = run(run_spec, model=model, callbacks=[StopOnNonFinite(), checkpoints, stop],
+                              closing_row=False)  # SB3's rows only: checkpoints carry what is pending
             except KeyboardInterrupt:  # Ctrl-C twice: at once, wherever it was
                 saved = save_checkpoint(model, checkpoint_dir, digest, elapsed_before=elapsed_before)
                 raise PreemptedError(signal.SIGINT, saved) from None
             finally:
                 stop.training = False
-            result = finish(model, cfg, run_dir, eval_env, start, first_step, resumed_from)
+            result = finish(model, cfg, run_dir, eval_env, start, first_step, resumed_from, outcome.row)
     except (NonFiniteError, OSError) as error:  # NaN/inf, a full disk or a folder that became unwritable
         last = latest_checkpoint(checkpoint_dir, digest, log=lambda *_: None)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was complete"
@@ -314,18 +331,21 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def finish(model, cfg: dict, run_dir: str, eval_env, start: float, first_step: int, resumed_from) -> dict:
+def finish(model, cfg: dict, run_dir: str, eval_env, start: float, first_step: int, resumed_from,
+           row: dict | None = None) -> dict:
     """The end of a run: the final model (atomically, with its manifest), the export, the evaluation, results.json
-    (atomically: a run that has one is finished)."""
+    (atomically: a run that has one is finished) with the run's row (profiler phases, encoder size and diagnostics,
+    the evaluation curve with eval_every)."""
     elapsed = time.perf_counter() - start
     save_model(model, os.path.join(run_dir, "model.zip"))
     if cfg["export"]:  # the policy as one file, checked against the model (rlvision.export)
         from rlvision.export import export_policy
 
         export_policy(model, os.path.join(run_dir, EXPORT_FORMATS[cfg["export"]]), format=cfg["export"])
-    result = dict(run_dir=run_dir, steps=int(model.num_timesteps), seconds=round(elapsed, 1),
+    result = {k: v for k, v in (row or {}).items() if k != "diagnostics"}
+    result.update(run_dir=run_dir, steps=int(model.num_timesteps), seconds=round(elapsed, 1),
                   fps=round((model.num_timesteps - first_step) / max(elapsed, 1e-9), 1), resumed_from=resumed_from)
-    if cfg["eval_episodes"]:  # on the separate evaluation env
+    if cfg["eval_episodes"] and not cfg["eval_every"]:  # on the separate evaluation env
         result.update(evaluate_agent(model, eval_env, cfg["eval_episodes"]))
     path = os.path.join(run_dir, "results.json")
     with open(path + ".tmp", "w") as f:

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 
-from rlvision.runs import DEFAULT_STEPS, RunSpec, check_entry, parse_backbones
+from rlvision.runs import (RUN_SETTINGS, RunSpec, check_entry, check_stage, check_values, default_of,
+                           parse_backbones)
 
 GRID_KEYS = ("envs", "backbones", "seeds", "algos")
-SETTINGS = dict(steps=DEFAULT_STEPS, n_envs=8, eval_every=None, eval_episodes=10, cpus=1, gpu=0.0, hyperparams={},
-                env_kwargs={}, test_env_kwargs=None, normalize_reward=False, threshold=None, backend="native",
-                max_failures=2)
-ENV_KEYS = ("steps", "hyperparams", "env_kwargs", "test_env_kwargs", "normalize_reward", "threshold", "n_envs",
-            "eval_every", "eval_episodes")
+# the run settings (RunSpec's fields, its defaults) and the sweep's own: resources per trial, the return threshold
+# of "steps to threshold", retries
+SETTINGS = {**{name: default_of(name) for name in RUN_SETTINGS}, "stage": None, "cpus": 1, "gpu": 0.0,
+            "threshold": None, "max_failures": 2}
+# what an env of the grid may set for itself (``envs: {Env-v0: {steps: ..., hyperparams: ...}}``)
+ENV_KEYS = (*(name for name in RUN_SETTINGS if name not in ("device", "threads")), "stage", "threshold")
+# always in a trial record (OUT/sweep.json), as sweeps before RunSpec's settings wrote them; the other settings only
+# where they differ from RunSpec's default, so an old sweep folder's grid still reads as the same grid
+RECORD_KEYS = ("steps", "n_envs", "eval_every", "eval_episodes", "hyperparams", "env_kwargs", "threshold")
 
 
 def grid(spec: dict, source: str = "the sweep") -> tuple[list[dict], dict]:
@@ -50,9 +55,9 @@ def grid(spec: dict, source: str = "the sweep") -> tuple[list[dict], dict]:
             for backbone in backbones:
                 for seed in seeds:
                     trials.append(dict(env=env, algo=algo, backbone=list(backbone), seed=seed,
-                                       **{k: per_env[k] for k in ("steps", "n_envs", "eval_every", "eval_episodes",
-                                                                  "hyperparams", "env_kwargs", "threshold")},
-                                       **{k: per_env[k] for k in ("test_env_kwargs", "normalize_reward") if per_env[k]},
+                                       **{k: per_env[k] for k in RECORD_KEYS},
+                                       **{k: per_env[k] for k in (*RUN_SETTINGS, "stage") if k not in RECORD_KEYS
+                                          and k != "backend" and per_env[k] != default_of(k)},
                                        **{k: settings[k] for k in ("cpus", "gpu", "backend")}))
     return trials, settings
 
@@ -67,8 +72,10 @@ def check_trials(trials: list[dict]) -> None:
         name, options = t["backbone"]
         check_env_id(t["env"])
         check_entry(name, options, t["algo"], allow_algo_option=False)
+        check_values({k: v for k, v in t.items() if k in RUN_SETTINGS}, where=f" (env {t['env']!r})")
+        check_stage(t.get("stage"))
         check_hyperparams(t["algo"], t["hyperparams"])  # a typo or a malformed "lin_..." fails here
-        for key, minimum in (("steps", 1), ("n_envs", 1), ("eval_episodes", 1), ("cpus", 1), ("gpu", 0)):
+        for key, minimum in (("eval_episodes", 1), ("cpus", 1), ("gpu", 0)):
             value = t[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
                 raise ValueError(f"{key} must be a number >= {minimum}, got {value!r} (env {t['env']!r}).")
@@ -95,12 +102,12 @@ def trial_file(config: dict) -> str:
 def run_spec(config: dict) -> RunSpec:
     """The RunSpec of one trial record (its ``out`` folder holds the TensorBoard runs)."""
     name, options = config["backbone"]
-    return RunSpec(env=config["env"], backbone=name, options=dict(options), algo=config["algo"], steps=config["steps"],
-                   n_envs=config["n_envs"], seed=config["seed"], hyperparams=config["hyperparams"],
-                   env_kwargs=config["env_kwargs"], backend=config["backend"], eval_episodes=config["eval_episodes"],
-                   eval_every=config["eval_every"], test_env_kwargs=config.get("test_env_kwargs"),
-                   normalize_reward=config.get("normalize_reward", False),
-                   device="cuda" if config["gpu"] else "cpu", threads=config["cpus"],
+    settings = {k: config[k] for k in RUN_SETTINGS if k in config}
+    settings.setdefault("threads", config["cpus"])  # parallel trials do not oversubscribe the cores
+    if settings.get("device", "auto") == "auto":
+        settings["device"] = "cuda" if config["gpu"] else "cpu"
+    return RunSpec(env=config["env"], backbone=name, options=dict(options), algo=config["algo"], seed=config["seed"],
+                   stage=config.get("stage"), **settings,
                    logdir=os.path.join(config.get("out", "."), "tb", config["env"].replace("/", "-"), config["algo"],
                                        f"seed{config['seed']}"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 from rlvision.runs import run
@@ -29,11 +30,15 @@ def trial(tune_config: dict) -> None:
         return
     spec = run_spec(config)
     torch.set_num_threads(config["cpus"])
-    row = run(spec, on_point=lambda point: tune.report({k: v for k, v in point.items() if v is not None}))
+    # a trial killed with the sweep goes on from its newest checkpoint when the sweep runs again
+    checkpoints = os.path.join(config["out"], "checkpoints", trial_file(config)[:-len(".json")])
+    row = run(spec, on_point=lambda point: tune.report({k: v for k, v in point.items() if v is not None}),
+              checkpoint_dir=checkpoints).row
     row.update(env=config["env"], algo=config["algo"], seed=config["seed"])
     with open(path + ".tmp", "w") as f:
         json.dump(row, f)
     os.replace(path + ".tmp", path)  # a finished trial is one whose file exists
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: its result file holds what the sweep needs
 
 
 def run_sweep(trials: list[dict], settings: dict, out: str, address: str | None = None) -> list[str]:

@@ -34,7 +34,7 @@ test-random: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rlvision compare --env ALE/Pong-v5 \
 		--backbones nature_cnn,mobilenetv4_nano,mobilenetv4_nano_rl,mobilenetv4_cpu_rl --steps $(DEMO_STEPS) \
-		--logdir runs/demo/$(shell date +%m%d-%H%M%S)
+		--eval-episodes 3 --logdir runs/demo/$(shell date +%m%d-%H%M%S)
 
 # The figures in BENCHMARKS.md (about 80 minutes on 2 cores); run on an otherwise idle machine.
 BENCH_BACKBONES ?= nature_cnn,impala_cnn,mobilenetv4_nano,mobilenetv4_small,mnv4_conv_small,rest_rl,cyclemlp_rl,conformer_rl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,27 @@ class SpatialPool(nn.Module):
 
 # what follows pool+Linear: SB3's NatureCNN convention, or SAC-AE's / DrQ-v2's trunk
 HEADS = ("relu", "layernorm")
+# the encoder's compute precision: fp32, bf16 autocast, or decided at run time by the hardware (auto)
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16 convolutions and
+    matmuls 2-4x faster than fp32 (IMPALA's CNN update: 2.3x, BENCHMARKS.md "Procgen")."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype of an encoder's forward on ``device_type`` (None: plain fp32). ``"auto"`` is decided here,
+    at run time, by the hardware: bf16 on a CPU with AMX, fp32 elsewhere (CPUs without AMX, where bf16 runs through
+    slower paths, and CUDA, where TF32 already applies and bf16 was not measured against it)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device_type == "cpu" and cpu_has_amx():
+        return torch.bfloat16
+    return None
 
 
 def make_head(in_features: int, features_dim: int, head: str = "relu") -> nn.Sequential:
@@ -143,6 +165,10 @@ class EncoderConfig:
         :class:`rlvision.optim.ScaledLRAdam`, which ``rlvision.policy_kwargs`` selects when this is not 1.
     :param augment_shift: random-shift augmentation (DrQ / RAD: pad by this many pixels, crop back at a random
         offset per sample) in training forward passes only, never in rollouts or ``predict``; 0 (default) = off.
+    :param precision: the backbone's compute precision: ``"fp32"`` (default), ``"bf16"`` (autocast to bfloat16; the
+        pool+linear head and the output stay float32) or ``"auto"`` (bf16 where the hardware runs it fast, a CPU with
+        AMX, fp32 elsewhere; decided at run time: :func:`autocast_dtype`). Rollouts and updates run the same
+        precision (acting = learning); ONNX export always traces fp32.
     :param backbone_kwargs: passed to the backbone builder (e.g. ``residual=True``, ``norm="gn"``).
     """
 
@@ -163,6 +189,7 @@ class EncoderConfig:
     freeze_backbone: bool = False
     backbone_lr_scale: float = 1.0
     augment_shift: int = 0
+    precision: str = "fp32"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -214,6 +241,9 @@ class Encoder(nn.Module):
         if not cfg.backbone_lr_scale > 0:
             raise ValueError(f"backbone_lr_scale must be > 0, got {cfg.backbone_lr_scale}.")
         check_int("augment_shift", cfg.augment_shift, minimum=0)
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} (fp32; bf16 autocast; auto: bf16 on a CPU with "
+                             f"AMX, else fp32), got {cfg.precision!r}.")
         info = backbone_info(cfg.backbone)
         init = resolve_init(cfg.backbone, cfg.init)
         channels, height, width = tuple(image_shape)
@@ -257,6 +287,7 @@ class Encoder(nn.Module):
             self.pool = SpatialPool(info.default_pool if cfg.pool is None else cfg.pool, *map_shape[1:])
             n_features = self.pool.out_features(*map_shape)
         self.head = cfg.head
+        self.precision = cfg.precision
         self.linear = make_head(n_features, cfg.features_dim, self.head) if cfg.features_dim else nn.Identity()
         self.out_features = cfg.features_dim or n_features
         self.channels_last = info.channels_last if cfg.channels_last is None else cfg.channels_last
@@ -276,9 +307,18 @@ class Encoder(nn.Module):
         """(B, C, H, W) float in [0, 1] -> (B, out_features): pipeline -> backbone -> pool -> linear."""
         for stage in self.pipeline:
             observations = stage(observations)
-        features = (self._compiled(observations) if self._compiled is not None
-                    else self.backbone.forward_features(observations))
-        return self.linear(self.pool(features))
+        dtype = None
+        if self.precision != "fp32" and not torch.onnx.is_in_onnx_export():
+            dtype = autocast_dtype(self.precision, observations.device.type)
+        if dtype is None:
+            features = (self._compiled(observations) if self._compiled is not None
+                        else self.backbone.forward_features(observations))
+            return self.linear(self.pool(features))
+        with torch.autocast(observations.device.type, dtype=dtype, cache_enabled=False):
+            features = (self._compiled(observations) if self._compiled is not None
+                        else self.backbone.forward_features(observations))
+            features = self.pool(features)
+        return self.linear(features.float())
 
     encode = forward  # the name the extractor used before the Encoder was its own module
 

@@ -55,6 +55,9 @@ def summarize(rows: list[dict], thresholds: dict[str, float | None]) -> list[dic
                      ci95_low=round(low, 3), ci95_high=round(high, 3), iqm=round(interquartile_mean(final), 3),
                      fps=round(float(np.median([r["fps"] for r in runs])), 1), params=runs[0]["params"],
                      mflops=runs[0]["mflops"])
+        precisions = sorted({r["precision"] for r in runs if r.get("precision")})
+        if precisions:  # what the encoder computed in (rlvision.runs: "auto->bf16" on a CPU with AMX)
+            entry["precision"] = "/".join(precisions)
         for key in ("action_kl", "value_rel_diff"):  # the largest acting/learning gap any seed logged
             values = [r[f"max_{key}"] for r in runs if r.get(f"max_{key}") is not None]
             if values:

@@ -240,3 +240,78 @@ def test_weights_of_another_backbone_fail_with_how_to_load_them():
     partial = {k: v for i, (k, v) in enumerate(own.items()) if i % 2}
     result = default.load_state_dict(partial, strict=False)  # a partial state dict loads as torch loads it
     assert result.missing_keys and not result.unexpected_keys
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_encoder_matches_fp32_learns_and_acts_as_it_trains(device):
+    """precision="bf16": the backbone runs under autocast, the output stays float32 and within bf16's tolerance of
+    the fp32 encoder with the same weights; gradients reach every weight; the rollout path (folded twin) computes
+    what the training forward computes, within the same tolerance; ONNX tracing sees fp32."""
+    from rlvision.extractors import Encoder, RolloutPath
+
+    torch.manual_seed(0)
+    fp32 = Encoder((3, 64, 64), "impala_cnn", features_dim=32).to(device)
+    bf16 = Encoder((3, 64, 64), "impala_cnn", features_dim=32, precision="bf16").to(device)
+    bf16.load_state_dict(fp32.state_dict())
+    x = torch.rand(16, 3, 64, 64, device=device)
+    a, b = fp32(x), bf16(x)
+    assert b.dtype == torch.float32 and b.shape == (16, 32)
+    scale = a.abs().max().item()
+    assert not torch.equal(a, b), "bf16 computed exactly fp32's result: autocast did not run"
+    assert (a - b).abs().max().item() < 0.03 * scale
+    b.square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+               for p in bf16.parameters())
+    nano = Encoder((4, 56, 56), "mobilenetv4_nano_rl", features_dim=16, precision="bf16").to(device)
+    with torch.no_grad():
+        nano.train()(torch.rand(32, 4, 56, 56, device=device))  # running statistics that folding must carry
+    path = RolloutPath(nano)
+    path.active = True
+    nano.eval()
+    obs = torch.rand(8, 4, 56, 56, device=device)
+    with torch.no_grad():
+        trained = nano(obs)
+        acted = path(obs)
+    assert acted.dtype == torch.float32
+    assert (trained - acted).abs().max().item() < 0.05 * trained.abs().max().item() + 1e-3
+
+
+def test_precision_auto_is_decided_by_the_hardware_at_run_time(monkeypatch):
+    """"auto" is bf16 exactly where the CPU has AMX (asked at run time, not a constant), fp32 elsewhere and on CUDA;
+    a bad value names the choices; RunSpec.precision reaches the extractor unless the entry sets its own."""
+    from rlvision import extractors
+    from rlvision.extractors import Encoder, autocast_dtype
+    from rlvision.runs import RunSpec, encoder_kwargs
+
+    for has_amx, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(extractors, "cpu_has_amx", lambda has_amx=has_amx: has_amx)
+        assert autocast_dtype("auto", "cpu") is expected
+        assert autocast_dtype("auto", "cuda") is None
+        assert autocast_dtype("fp32", "cpu") is None and autocast_dtype("bf16", "cuda") is torch.bfloat16
+        encoder = Encoder((3, 64, 64), "nature_cnn", features_dim=8, precision="auto")
+        reference = Encoder((3, 64, 64), "nature_cnn", features_dim=8)
+        reference.load_state_dict(encoder.state_dict())
+        x = torch.rand(4, 3, 64, 64)
+        assert torch.equal(encoder(x), reference(x)) is (expected is None)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Encoder((3, 64, 64), "nature_cnn", precision="fp16")
+    assert encoder_kwargs(RunSpec(precision="auto"), {})["precision"] == "auto"
+    assert encoder_kwargs(RunSpec(precision="auto"), {"precision": "fp32"})["precision"] == "fp32"
+    assert "precision" not in encoder_kwargs(RunSpec(), {})
+
+
+def test_bf16_encoder_exports_in_fp32(tmp_path):
+    """ONNX files compute in fp32 whatever the encoder's precision: the exporter traces no autocast casts."""
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    from rlvision.export.writers import quiet_exporter
+    from rlvision.extractors import Encoder
+
+    encoder = Encoder((3, 64, 64), "nature_cnn", features_dim=8, precision="bf16").eval()
+    with quiet_exporter():
+        torch.onnx.export(encoder, (torch.rand(2, 3, 64, 64),), str(tmp_path / "e.onnx"), dynamo=True)
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "e.onnx")).graph.node}
+    assert "Conv" in ops and "Cast" not in ops, ops

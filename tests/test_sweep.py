@@ -34,7 +34,9 @@ def test_summary_rows_per_backbone_and_env():
                     curve=[dict(steps=0, seconds=0.0, eval_return=0.0), dict(steps=8, seconds=1.0, eval_return=final)])
 
     rows = [row("a", s, f) for s, f in enumerate([1.0, 2.0, 3.0, 4.0])] + [row("b", 0, 0.2)]
+    rows[0]["precision"], rows[1]["precision"] = "auto->bf16", "auto->fp32"  # seeds run on two machines
     table = {r["backbone"]: r for r in stats.summarize(rows, {"E": 2.5})}
+    assert table["a"]["precision"] == "auto->bf16/auto->fp32" and "precision" not in table["b"]
     assert table["a"]["seeds"] == 4 and table["a"]["final_return"] == 2.5 and table["a"]["iqm"] == 2.5
     assert table["a"]["ci95_low"] < 2.5 < table["a"]["ci95_high"]
     assert table["a"]["reached"] == "2/4" and table["a"]["steps_to_threshold"] == 8
@@ -61,6 +63,11 @@ def test_two_trial_sweep_writes_the_table_and_plots_and_resumes_without_rerunnin
     kept, lost = trials
     kept_mtime = kept.stat().st_mtime_ns
     lost.unlink()
+    reported = sweep.main(argv + ["--report"])  # trains nothing: the summary of what is finished
+    assert reported[0]["seeds"] == 1 and not lost.exists() and kept.stat().st_mtime_ns == kept_mtime
+    assert "nature_cnn" in (out / "summary.md").read_text()
+    with pytest.raises(SystemExit):  # nothing to report on
+        sweep.main([a if a != str(out) else str(tmp_path / "none") for a in argv] + ["--report"])
     table = sweep.main(argv)
     assert table[0]["seeds"] == 2 and lost.exists()
     assert kept.stat().st_mtime_ns == kept_mtime, "a finished trial ran again"

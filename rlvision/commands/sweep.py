@@ -18,7 +18,8 @@
 3. Failed trials are retried (``--max-failures``) and reported. A killed sweep resumes when the same command runs
    again: Tune restores its experiment from ``OUT/tune``; finished trials (``OUT/trials/*.json``) are never re-run,
    unfinished ones go on from their newest checkpoint (``OUT/checkpoints/<trial>/``, every ``checkpoint_every``
-   steps, with the learning curve so far).
+   steps, with the learning curve so far). ``--report`` trains nothing: it writes the summary of the trials finished
+   so far (a sweep that spans several sessions keeps its finished trials, e.g. in ``experiments/results/``).
 4. Results: per trial a TensorBoard run under ``OUT/tb`` and its row with the curve in ``OUT/trials/*.json``;
    ``OUT/summary.md`` / ``summary.csv`` per env, algo and backbone (final return: mean and 95% bootstrap CI over
    seeds, IQM with >= 4 seeds, FPS, steps and seconds to the return threshold, parameters, FLOPs, the largest
@@ -94,7 +95,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--address", help="a running Ray cluster ('auto'); default: a local in-process Ray")
     parser.add_argument("--out", default=None, help="output folder (default runs/sweep-<time>); rerun to resume")
     parser.add_argument("--fresh", action="store_true", help="discard an earlier sweep in --out and start over")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: write the summary, tables and plots of the trials finished so far in "
+                             "--out (a sweep that spans several sessions) and list the missing ones")
     args = parser.parse_args(argv)
+    if args.report and args.fresh:
+        parser.error("--report reads the finished trials in --out; --fresh would discard them")
+    if args.report and not args.out:
+        parser.error("--report needs --out: the folder of the sweep to report on")
     try:
         trials, settings = resolve(args)
     except ValueError as error:
@@ -110,12 +118,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with open(grid_file) as f:
             if json.load(f) != trials:
                 parser.error(f"{out} holds a sweep with another grid; use another --out, or --fresh to discard it")
-    os.makedirs(os.path.join(out, "trials"), exist_ok=True)
-    with open(grid_file, "w") as f:
-        json.dump(trials, f, indent=1)
-    for t in trials:
-        t["out"] = out
-    errors = run_sweep(trials, settings, out, args.address)
+    elif args.report:
+        parser.error(f"{out} holds no sweep (no sweep.json): nothing to report; run the sweep first")
+    errors = []
+    if not args.report:
+        os.makedirs(os.path.join(out, "trials"), exist_ok=True)
+        with open(grid_file, "w") as f:
+            json.dump(trials, f, indent=1)
+        for t in trials:
+            t["out"] = out
+        errors = run_sweep(trials, settings, out, args.address)
 
     rows = collect(trials, out)
     thresholds = {t["env"]: t["threshold"] for t in trials}
@@ -133,9 +145,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if len(rows) < len(trials):  # a sweep with failed trials does not end as a success
         missing = [trial_file(t) for t in trials
                    if not os.path.exists(os.path.join(out, "trials", trial_file(t)))]
-        print("Trials without a result (rerun the same command to retry them): " + ", ".join(missing),
-              file=sys.stderr)
-        raise SystemExit(1)
+        what = "not finished yet (run the sweep without --report to go on)" if args.report else \
+            "without a result (rerun the same command to retry them)"
+        print(f"Trials {what}: " + ", ".join(missing), file=sys.stderr)
+        if not args.report:
+            raise SystemExit(1)
     return table
 
 

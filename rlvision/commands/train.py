@@ -56,8 +56,8 @@ TRAIN_HELP = dict(
 DEFAULT_CONFIG = {**{key: default_of(key) for key in RUN_KEYS},
                   **dict(log_dir="runs/train", run_name=None, export=None)}
 # keys that may change when a run is resumed (the rest must match the checkpoint's config)
-RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "log_dir", "run_name",
-                     "export", "check_nan")
+RESUMABLE_CHANGES = ("steps", "eval_episodes", "checkpoint_every", "threads", "device", "precision", "log_dir",
+                     "run_name", "export", "check_nan")
 EXPORT_FORMATS = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 # what each key of a config means (train --help lists them with their defaults)
 CONFIG_HELP = {**{key: field_help(key) for key in RUN_KEYS},
@@ -171,7 +171,7 @@ def load_config(path: str | None, overrides: list[str], flags: dict | None = Non
 
 # RunSpec fields that train's config did not have before it was a RunSpec: left out of the checkpoint digest while
 # they hold their default, so a run started before still resumes
-_NEW_KEYS = ("low_res", "backend", "preprocess_scale", "eval_every", "test_env_kwargs", "stage")
+_NEW_KEYS = ("low_res", "backend", "preprocess_scale", "eval_every", "test_env_kwargs", "stage", "precision")
 
 
 def run_digest(cfg: dict) -> str:

@@ -118,7 +118,9 @@ def benchmark_backbones(names: Iterable[str], input_shape: tuple[int, int, int] 
                         warmup: int = 2, features_dim: int = 256, device: str = "cpu",
                         csv_path: str | None = None, tensorboard_dir: str | None = None,
                         progress: bool = True) -> list[dict[str, Any]]:
-    """Benchmark each backbone as the RL encoder (``VisionExtractor``: backbone + pool + linear).
+    """Benchmark each backbone as the RL encoder (``VisionExtractor``: backbone + pool + linear). ``names``: backbone
+    names, or ``(name, options)`` pairs with the extractor's options (e.g. ``("impala_cnn", {"precision": "bf16"})``;
+    the row's ``backbone`` is then ``name[k=v,...]``).
 
     Per backbone: ``params``; ``mflops`` per sample (torch.utils.flop_counter, one forward); ``fwd_ms`` (median) and
     ``fwd_ms_iqr`` at the rollout batch ``batch_sizes[0]`` in eval mode under ``torch.inference_mode``;
@@ -128,22 +130,23 @@ def benchmark_backbones(names: Iterable[str], input_shape: tuple[int, int, int] 
     """
     from .extractors import VisionExtractor
 
-    names = list(names)
+    entries = [(n, {}) if isinstance(n, str) else (n[0], dict(n[1])) for n in names]
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
     space = spaces.Box(0, 255, input_shape, dtype=np.uint8)
     rows: list[dict[str, Any]] = []
-    iterator: Iterable[str] = names
+    iterator: Iterable[tuple[str, dict]] = entries
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(names, desc="benchmark", unit="backbone")
+        iterator = tqdm(entries, desc="benchmark", unit="backbone")
     try:
-        for name in iterator:
-            model = VisionExtractor(space, backbone=name, features_dim=features_dim).to(dev)
-            rows.append(_bench_one(model, name, input_shape, batch_sizes, repeats, warmup, dev))
+        for name, options in iterator:
+            model = VisionExtractor(space, backbone=name, features_dim=features_dim, **options).to(dev)
+            label = name + ("[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]" if options else "")
+            rows.append(_bench_one(model, label, input_shape, batch_sizes, repeats, warmup, dev))
             del model
             gc.collect()
     finally:

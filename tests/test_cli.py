@@ -162,3 +162,17 @@ def test_an_old_train_config_keeps_working_and_resuming(tmp_path, capsys):
     assert run_digest({**cfg, "low_res": 2}) != run_digest(cfg)  # a new setting that changes the run counts
     with pytest.raises(ValueError, match="'low_res' must be an int >= 1 or null, got 'x'"):
         load_config(None, ["low_res=x"])
+
+
+def test_bench_takes_encoder_options_per_entry(tmp_path):
+    """rlvision bench 'name[k=v]': the options reach the extractor (bf16 next to fp32 in one table); a wrong option
+    fails before anything runs."""
+    from rlvision.commands import bench_backbones
+
+    argv = ["--input", "3x36x36", "--batches", "2,4", "--repeats", "1", "--warmup", "0", "--threads", "1",
+            "--out", str(tmp_path)]
+    rows = bench_backbones.main(["--backbones", "nature_cnn,nature_cnn[precision=bf16]", *argv])
+    assert [r["backbone"] for r in rows] == ["nature_cnn", "nature_cnn[precision=bf16]"]
+    assert rows[0]["params"] == rows[1]["params"] and "precision=bf16" in (tmp_path / "bench.md").read_text()
+    with pytest.raises(SystemExit):
+        bench_backbones.main(["--backbones", "nature_cnn[precison=bf16]", *argv])

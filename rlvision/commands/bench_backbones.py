@@ -2,6 +2,7 @@
 
     rlvision bench --input 4x84x84 --batches 8,256 --threads 2
     rlvision bench --backbones nature_cnn,mobilenetv4_nano,mnv4_conv_small
+    rlvision bench --input 3x64x64 --batches 64,512 --threads 1 --backbones 'impala_cnn,impala_cnn[precision=bf16]'
 
 Per backbone (as the RL encoder: backbone + pool + linear): parameters, MFLOPs per sample, forward latency at the
 rollout batch (eval, inference mode) and forward+backward at the training batch (train mode), median and IQR over
@@ -16,6 +17,7 @@ import rlvision
 from rlvision.stats import markdown_table
 from rlvision.benchmark import benchmark_backbones
 from rlvision.commands import command_parser
+from rlvision.runs import check_entry, parse_backbones
 
 # Too slow or too big for a default sweep at a 256 batch on 2 cores / 24 GiB; ask for them by name (with a smaller
 # --batches training batch: the ImageNet-sized variants need several GB of activations per 32 frames at 84 px).
@@ -25,7 +27,9 @@ HEAVY = {"mobilenetv4_medium", "mobilenetv4_large", "mobilenetv4_hybrid_large", 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = command_parser("bench", __doc__)
-    parser.add_argument("--backbones", default=None, help="comma-separated; default: all but the heaviest")
+    parser.add_argument("--backbones", default=None,
+                        help="comma-separated, each with optional [k=v] encoder options as in rlvision compare "
+                             "(e.g. impala_cnn[precision=bf16]); default: all but the heaviest")
     parser.add_argument("--input", default="4x84x84", help="CxHxW")
     parser.add_argument("--batches", default="8,256", help="rollout batch,training batch")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -36,14 +40,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default="runs/bench-backbones",
                         help="folder for bench.md, bench.csv and the TensorBoard scalars")
     args = parser.parse_args(argv)
-    names = (args.backbones.split(",") if args.backbones
-             else [n for n in rlvision.list_backbones() if n not in HEAVY])
-    for name in names:
-        rlvision.backbone_info(name)
+    entries = (parse_backbones(args.backbones) if args.backbones
+               else [(n, {}) for n in rlvision.list_backbones() if n not in HEAVY])
+    for name, options in entries:
+        try:
+            check_entry(name, options, "ppo", allow_algo_option=False)
+        except ValueError as error:
+            parser.error(str(error))
     shape = tuple(int(v) for v in args.input.lower().split("x"))
     batches = tuple(int(v) for v in args.batches.split(","))
     os.makedirs(args.out, exist_ok=True)
-    rows = benchmark_backbones(names, shape, batches, threads=args.threads, repeats=args.repeats,
+    rows = benchmark_backbones(entries, shape, batches, threads=args.threads, repeats=args.repeats,
                                warmup=args.warmup, device=args.device, csv_path=os.path.join(args.out, "bench.csv"),
                                tensorboard_dir=args.out)
     table = markdown_table(rows)

@@ -93,7 +93,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 @functools.lru_cache(maxsize=1)
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16 convolutions and
-    matmuls 2-4x faster than fp32 (IMPALA's CNN update: 2.3x, BENCHMARKS.md "Procgen")."""
+    matmuls faster than fp32 (IMPALA's CNN forward+backward: 2.7x, BENCHMARKS.md "Procgen")."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe()) if probe is not None else False
 

@@ -95,7 +95,7 @@ class RunSpec:
     device: str = _field("auto", "auto (cuda if available), cpu or cuda")
     threads: int | None = _field(None, "torch threads (null: torch's choice)", minimum=1)
     precision: str = _field("fp32", "the encoder's compute precision: fp32, bf16 (autocast) or auto (bf16 on a CPU "
-                            "with AMX, where IMPALA's CNN trains 2.3x faster, else fp32; decided on the machine that "
+                            "with AMX, where IMPALA's CNN trains 2.7x faster, else fp32; decided on the machine that "
                             "runs it); an entry's own precision option wins", choices=("fp32", "bf16", "auto"))
     logdir: str | None = field(default=None, metadata=dict(help="the TensorBoard folder (a run <logdir>/<label>); "
                                                                "null: no TensorBoard", command=True))

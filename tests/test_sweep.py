@@ -99,6 +99,25 @@ def test_every_shipped_sweep_config_resolves_and_passes_the_checks(config):
     sweep.check(trials, argparse.ArgumentParser())  # parser.error would raise SystemExit
 
 
+def test_envs_and_backbones_on_top_of_a_config_run_a_part_of_its_grid_unchanged():
+    """--envs over a config with per-env settings keeps them: the part's trials are the full grid's records (same
+    steps, threshold, levels), so their results count in the full sweep; an env the config does not name gets the
+    sweep-wide settings."""
+    import argparse
+
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "sweep_procgen_cpu.yaml")
+    full, _ = sweep.resolve(argparse.Namespace(config=path))
+    part, _ = sweep.resolve(argparse.Namespace(config=path, envs="procgen/bigfish",
+                                               backbones="nature_cnn,mobilenetv4_cpu_rl"))
+    expected = [t for t in full if t["env"] == "procgen/bigfish" and t["backbone"][0] in ("nature_cnn",
+                                                                                         "mobilenetv4_cpu_rl")]
+    assert part == expected and len(part) == 6 and all(t["steps"] == 500000 and t["threshold"] == 4.9 for t in part)
+    other, _ = sweep.resolve(argparse.Namespace(config=path, envs="procgen/coinrun,procgen/maze"))
+    maze = [t for t in other if t["env"] == "procgen/maze"]
+    assert maze and all(t["steps"] == sweep.SETTINGS["steps"] and t["threshold"] is None for t in maze)
+    assert [t for t in other if t["env"] == "procgen/coinrun"] == [t for t in full if t["env"] == "procgen/coinrun"]
+
+
 def test_a_malformed_schedule_string_fails_before_ray_starts(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--envs", "SyntheticPixel-v0", "--backbones", "nature_cnn", "--hyperparams",

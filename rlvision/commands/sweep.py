@@ -61,10 +61,13 @@ def resolve(args: argparse.Namespace) -> tuple[list[dict], dict]:
         if unknown:  # named before the command line fills in the rest
             raise ValueError(f"{args.config}: unknown keys {sorted(unknown)}; allowed: "
                              f"{list(GRID_KEYS) + list(SETTINGS)}")
+    per_env = spec.get("envs") if isinstance(spec.get("envs"), dict) else {}
     for key in GRID_KEYS + tuple(SETTINGS):
         value = getattr(args, key, None)
         if value is not None:
             spec[key] = value
+    if per_env and getattr(args, "envs", None):  # a subset of the config's envs keeps their settings (steps, ...)
+        spec["envs"] = {e: per_env.get(e, {}) for e in (x.strip() for x in args.envs.split(",")) if e}
     return grid(spec, args.config or "the command line")
 
 
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = command_parser("sweep", __doc__)
     parser.add_argument("--config", help="YAML file with the grid and settings (the options below override it; "
                                           "default: none, the grid from the options)")
-    parser.add_argument("--envs", help="comma-separated env ids (default: from --config)")
+    parser.add_argument("--envs", help="comma-separated env ids (default: from --config; envs the config sets "
+                                        "steps etc. for keep those settings, so a part of its grid runs as in it)")
     parser.add_argument("--backbones", help="comma-separated, each with optional [k=v] options, as in rlvision "
                                              "compare (default: from --config)")
     parser.add_argument("--seeds", help="comma-separated ints (default 0)")

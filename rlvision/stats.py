@@ -2,7 +2,8 @@
 
 - :func:`bootstrap_ci` (percentile bootstrap CI of the mean), :func:`interquartile_mean` (rliable's IQM),
   :func:`first_crossing` (steps or seconds to a return threshold), :func:`summarize` (one row per env, algo and
-  backbone from the runs of a sweep);
+  backbone from the runs of a sweep), :func:`pooled_over_envs` (normalised returns pooled over a sweep's envs, with
+  stratified bootstrap CIs, as rliable reports a benchmark);
 - :func:`markdown_table` and :func:`write_tables` (Markdown and CSV) for any list of row dicts.
 """
 
@@ -116,6 +117,71 @@ def reach_ranking(rows: list[dict], thresholds: dict[str, float | None]) -> list
         ranking.append(entry)
     return sorted(ranking, key=lambda e: (-e["reached"], e["median_seconds"] if e["median_seconds"] is not None
                                           else float("inf")))
+
+
+def stratified_bootstrap(per_env: list, statistic, confidence: float = 0.95, resamples: int = 10_000,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic`` over the runs of several envs pooled, resampling the runs within each
+    env (rliable's stratified bootstrap: every resample keeps each env's number of runs). ``per_env`` is one list of
+    run values per env; ``statistic`` maps a ``(resamples, runs)`` array to ``(resamples,)``. NaNs when no env has
+    2 runs."""
+    envs = [np.asarray(v, dtype=np.float64) for v in per_env if len(v)]
+    if not envs or max(x.size for x in envs) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    sample = np.concatenate([x[rng.integers(0, x.size, size=(resamples, x.size))] for x in envs], axis=1)
+    values = statistic(sample)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def _iqm_rows(sample: np.ndarray) -> np.ndarray:
+    """:func:`interquartile_mean` of each row of a ``(resamples, runs)`` array."""
+    x = np.sort(sample, axis=1)
+    cut = int(0.25 * x.shape[1])
+    return x[:, cut:x.shape[1] - cut].mean(axis=1)
+
+
+def pooled_over_envs(rows: list[dict]) -> list[dict]:
+    """One row per (algo, backbone): its normalised train and test returns (the last evaluation's
+    ``eval_return_normalized`` / ``test_return_normalized``, e.g. Procgen's (R - R_min) / (R_max - R_min)) pooled over
+    every env of the sweep that has them: mean and IQM over all runs, each with a stratified bootstrap 95% CI.
+    A backbone that lacks runs on some of those envs gets no aggregate (``missing`` names the envs): pooling over
+    other games would not compare. Empty when fewer than 2 envs have normalised returns."""
+    def last(run, key):
+        return run["curve"][-1].get(key) if run.get("curve") else None
+
+    envs = list(dict.fromkeys(r["env"] for r in rows if last(r, "eval_return_normalized") is not None))
+    if len(envs) < 2:
+        return []
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for row in rows:
+        if row["env"] in envs:
+            groups.setdefault((row["algo"], row["backbone"]), {}).setdefault(row["env"], []).append(row)
+    table = []
+    for (algo, backbone), per_env in groups.items():
+        entry = dict(algo=algo, backbone=backbone, envs=f"{len(per_env)}/{len(envs)}",
+                     runs=sum(len(v) for v in per_env.values()))
+        missing = [e for e in envs if e not in per_env]
+        if missing:
+            entry["missing"] = ", ".join(missing)
+            table.append(entry)
+            continue
+        for key, name in (("test_return_normalized", "test_normalized"), ("eval_return_normalized",
+                                                                          "train_normalized")):
+            values = [[last(r, key) for r in per_env[e]] for e in envs]
+            if any(v is None for vs in values for v in vs):
+                continue
+            flat = [v for vs in values for v in vs]
+            low, high = stratified_bootstrap(values, lambda s: s.mean(axis=1))
+            entry.update({name: round(float(np.mean(flat)), 4), f"{name}_ci95": f"{low:.4f}-{high:.4f}"})
+            if len(flat) >= 4:
+                low, high = stratified_bootstrap(values, _iqm_rows)
+                entry.update({f"{name}_iqm": round(interquartile_mean(flat), 4),
+                              f"{name}_iqm_ci95": f"{low:.4f}-{high:.4f}"})
+        table.append(entry)
+    return sorted(table, key=lambda e: -e.get("test_normalized", float("-inf")))
 
 
 def markdown_table(table: list[dict]) -> str:

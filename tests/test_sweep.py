@@ -142,6 +142,66 @@ def test_reach_ranking_is_the_default_encoder_rule():
     assert ranking[0]["A"] == "1/1, 10 s" and ranking[2]["B"] == "0/1"
 
 
+def test_stratified_bootstrap_resamples_within_each_env():
+    # every resample keeps one run of each env here, so the pooled mean cannot move; a plain bootstrap of the 4
+    # runs together would give resamples of all zeros or all ones
+    assert stats.stratified_bootstrap([[0.0, 0.0], [1.0, 1.0]], lambda s: s.mean(axis=1)) == (0.5, 0.5)
+    low, high = stats.stratified_bootstrap([[0.0, 1.0], [5.0, 5.0]], lambda s: s.mean(axis=1))
+    assert low == pytest.approx(2.5) and high == pytest.approx(3.0)  # (0+0+5+5)/4 .. (1+1+5+5)/4: a quarter each
+    assert all(np.isnan(stats.stratified_bootstrap([[1.0], [2.0]], lambda s: s.mean(axis=1))))
+
+
+def _normalised_row(env, backbone, seed, train, test):
+    return dict(env=env, algo="ppo", backbone=backbone, seed=seed,
+                curve=[dict(steps=0, eval_return_normalized=0.0, test_return_normalized=0.0),
+                       dict(steps=8, eval_return_normalized=train, test_return_normalized=test)])
+
+
+def test_pooled_over_envs_aggregates_normalised_returns_per_backbone():
+    rows = ([_normalised_row("A", "x", s, 0.2, v) for s, v in enumerate([0.1, 0.2, 0.3])]
+            + [_normalised_row("B", "x", s, 0.6, 0.5) for s in range(3)]
+            + [_normalised_row("A", "y", 0, 0.9, 0.9)]  # no runs on B: not comparable, no aggregate
+            + [_normalised_row("A", "z", s, 0.0, 0.0) for s in range(2)] + [_normalised_row("B", "z", 0, 0.0, 0.0)])
+    table = stats.pooled_over_envs(rows)
+    assert [r["backbone"] for r in table] == ["x", "z", "y"]  # by pooled test return; the incomplete one last
+    x = table[0]
+    assert x["envs"] == "2/2" and x["runs"] == 6
+    assert x["test_normalized"] == 0.35 and x["train_normalized"] == 0.4
+    assert x["test_normalized_iqm"] == 0.375  # [0.1, 0.2, 0.3, 0.5, 0.5, 0.5] without one run at each end
+    low, high = map(float, x["test_normalized_ci95"].split("-"))
+    assert 0.3 <= low < 0.35 < high <= 0.4  # B's runs are all 0.5: only A's resamples move the mean
+    assert x["train_normalized_ci95"] == "0.4000-0.4000"
+    assert table[1]["runs"] == 3 and "test_normalized_iqm" not in table[1]  # IQM needs >= 4 runs
+    y = table[2]
+    assert y["envs"] == "1/2" and y["missing"] == "B" and "test_normalized" not in y
+    assert stats.pooled_over_envs([r for r in rows if r["env"] == "A"]) == []  # one env: nothing to pool
+    assert stats.pooled_over_envs([dict(env=e, algo="ppo", backbone="x", curve=[dict(steps=0, eval_return=1.0)])
+                                   for e in "AB"]) == []  # no normalisation (not Procgen): nothing to pool
+
+
+def test_sweep_report_writes_the_pooled_table_over_envs(tmp_path, monkeypatch):
+    """--report over finished trials of two envs with normalised returns writes pooled.md / pooled.csv."""
+    import json
+
+    out = tmp_path / "sweep"
+    argv = ["--envs", "SyntheticPixel-v0,SyntheticPixelContinuous-v0", "--backbones", "nature_cnn",
+            "--seeds", "0,1", "--steps", "256", "--out", str(out)]
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args: [])  # writes sweep.json, trains nothing
+    with pytest.raises(SystemExit):  # no trial finished
+        sweep.main(argv)
+    assert not (out / "pooled.md").exists()
+    for i, t in enumerate(json.loads((out / "sweep.json").read_text())):
+        row = _normalised_row(t["env"], "nature_cnn", t["seed"], 0.1 * i, 0.1 * i)
+        row.update(fps=1.0, params=1, mflops=1.0)
+        for point in row["curve"]:
+            point.update(seconds=0.0, eval_return=0.0)
+        (out / "trials" / sweep.trial_file(t)).write_text(json.dumps(row))
+    sweep.main(argv + ["--report"])
+    text = (out / "pooled.md").read_text()
+    assert "| ppo | nature_cnn | 2/2 | 4 | 0.15 |" in text and "stratified bootstrap" in text
+    assert (out / "pooled.csv").read_text().startswith("algo,backbone,envs,runs,test_normalized,")
+
+
 def test_grid_gives_trial_records_and_run_specs_and_checks_before_anything_starts():
     """rlvision.sweep.grid: the YAML's keys -> one JSON record per trial (the sweep.json of earlier sweeps keeps its
     form: the Procgen keys appear only when set) -> one RunSpec per trial; check_trials names the culprit."""

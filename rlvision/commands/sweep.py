@@ -25,7 +25,10 @@
    seeds, IQM with >= 4 seeds, FPS, steps and seconds to the return threshold, parameters, FLOPs, the largest
    acting/learning gap logged, the final feature rank), ``OUT/curves.png`` (mean and CI band against env steps and
    against training seconds) and ``OUT/diagnostics.png`` (the encoder diagnostics of the same trials:
-   rlvision.diagnostics, also in each trial's TensorBoard run under ``encoder/``).
+   rlvision.diagnostics, also in each trial's TensorBoard run under ``encoder/``). Where the envs have a published
+   normalisation (Procgen's R_min/R_max) and the sweep spans two or more, ``OUT/pooled.md`` / ``pooled.csv`` pool the
+   normalised train and test returns per backbone over the envs: mean and IQM over all runs, each with a stratified
+   bootstrap 95% CI (rliable's aggregate), for the backbones that have runs on every one of those envs.
 """
 
 from __future__ import annotations
@@ -40,10 +43,14 @@ import yaml
 
 from rlvision.commands import command_parser
 from rlvision.runs import add_run_arguments
-from rlvision.stats import markdown_table, summarize, write_tables
+from rlvision.stats import markdown_table, pooled_over_envs, summarize, write_tables
 from rlvision.sweep.grid import ENV_KEYS, GRID_KEYS, SETTINGS, check_trials, default_eval_every, grid, trial_file
 from rlvision.sweep.plots import band, plot_curves, plot_diagnostics
 from rlvision.sweep.runner import CHECKOUT, collect, run_sweep, trial
+
+POOLED_NOTE = ("Normalised returns (R - R_min) / (R_max - R_min) of each run's last evaluation, pooled over the envs "
+               "above; 95% CIs by stratified bootstrap (runs resampled within each env), IQM over all runs. A "
+               "backbone without runs on every env gets no aggregate (missing).")
 
 # the pieces live in rlvision.sweep (grid, runner, plots); these names stay importable from here
 __all__ = ["main", "resolve", "check", "grid", "check_trials", "run_sweep", "trial", "trial_file", "collect",
@@ -141,9 +148,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         plot_curves(rows, os.path.join(out, "curves.png"))
         plot_diagnostics(rows, os.path.join(out, "diagnostics.png"))
         print("\n" + markdown_table(table) + "\n")
+    pooled = pooled_over_envs(rows)
+    if pooled:  # a benchmark's normalised returns over its games (Procgen), as rliable aggregates them
+        write_tables(pooled, os.path.join(out, "pooled.md"), os.path.join(out, "pooled.csv"), note=POOLED_NOTE)
+        print(markdown_table(pooled) + "\n")
     for error in errors:
         print(f"FAILED after retries: {error}")
     written = "summary.md, summary.csv, curves.png, diagnostics.png" if table else "no trial finished: no summary"
+    written += ", pooled.md, pooled.csv" if pooled else ""
     print(f"{len(rows)}/{len(trials)} trials finished. Results in {out} ({written}); "
           f"curves per run: tensorboard --logdir {os.path.join(out, 'tb')}")
     if len(rows) < len(trials):  # a sweep with failed trials does not end as a success
